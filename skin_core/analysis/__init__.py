@@ -1,0 +1,1 @@
+"""Analyses of a study: difficulty, significance, quality, reader studies, metrics."""
