@@ -7,6 +7,7 @@ target (``os.replace`` is atomic on POSIX and Windows for the same filesystem).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -51,25 +52,36 @@ def atomic_write_text(target: str | os.PathLike[str], text: str) -> Path:
     return atomic_write_bytes(target, text.encode("utf-8"))
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
+def _plain(obj: Any) -> Any:
+    """Recursively turn ``obj`` into plain JSON types; non-finite floats become ``None``."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return _plain(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, str):
+        return obj
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "to_dict"):
-        return obj.to_dict()
+        return _plain(obj.to_dict())
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def to_json(obj: Any, *, indent: int | None = 2) -> str:
-    """JSON text for ``obj``: NumPy scalars/arrays, paths and records with ``to_dict`` allowed."""
-    return json.dumps(obj, indent=indent, default=_json_default, allow_nan=True)
+    """Strict JSON text for ``obj``.
+
+    NumPy scalars and arrays, paths and records with ``to_dict`` are converted; NaN and
+    infinities become ``null`` so every reader (browsers included) can parse the result.
+    """
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False)
 
 
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set everything up (runtime + dev requirements) and run the whole test suite: lint, unit,
+# slow, real-data (when ../shared/data is beside the checkout) and browser tests.
+#   ./test.sh                # everything
+#   ./test.sh -m "not slow"  # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/setup.sh --dev
+VENV="${SKIN_CORE_VENV:-.venv}"
+
+# Real data for real-data tests, when it sits beside the checkout (never copied into the repo).
+if [ -z "${SKIN_CORE_HAM10000_DIR:-}" ] && [ -d ../shared/data/ham10000 ]; then
+  export SKIN_CORE_HAM10000_DIR="$(cd ../shared/data/ham10000 && pwd)"
+fi
+if [ -z "${SKIN_CORE_ISIC2019_CSV_DIR:-}" ] && [ -d ../shared/data/isic2019 ]; then
+  export SKIN_CORE_ISIC2019_CSV_DIR="$(cd ../shared/data/isic2019 && pwd)"
+fi
+# Test caches and artefacts stay out of the source tree's tracked files.
+export SKIN_CORE_CACHE_DIR="${SKIN_CORE_CACHE_DIR:-$PWD/.cache/test-images}"
+mkdir -p artifacts
+
+echo "test: ruff"
+"$VENV/bin/ruff" check .
+echo "test: pytest"
+exec "$VENV/bin/python" -m pytest -n 2 --dist loadgroup "$@"
