@@ -15,6 +15,18 @@ fi
 if [ -z "${SKIN_CORE_ISIC2019_CSV_DIR:-}" ] && [ -d ../shared/data/isic2019 ]; then
   export SKIN_CORE_ISIC2019_CSV_DIR="$(cd ../shared/data/isic2019 && pwd)"
 fi
+# Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    echo "test: installing Debian's chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif [ "${CI:-}" = "true" ]; then
+    echo "test: chromium is missing and cannot be installed (need root and apt-get)" >&2
+    exit 2
+  else
+    echo "test: chromium not found; browser tests will be skipped (apt-get install chromium)"
+  fi
+fi
 # Test caches and artefacts stay out of the source tree's tracked files.
 export SKIN_CORE_CACHE_DIR="${SKIN_CORE_CACHE_DIR:-$PWD/.cache/test-images}"
 mkdir -p artifacts

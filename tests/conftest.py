@@ -34,3 +34,13 @@ def isic2019_csv_dir() -> Path:
     if path is None:
         pytest.skip("SKIN_CORE_ISIC2019_CSV_DIR is not set (real ISIC 2019 CSVs not available)")
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """A small embedded-demo dataset (ISIC 2019 layout), generated once per test session."""
+    from skin_core.data.synthetic import generate_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo")
+    generate_demo_dataset(out, n=160, seed=0, size=96)
+    return out
