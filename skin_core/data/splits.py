@@ -1,0 +1,283 @@
+"""Cross-validation folds stratified by class and **grouped by lesion**.
+
+Images of the same lesion (same ``lesion_id``) always share a fold, so no lesion is seen in
+training and validation at once; an image without a ``lesion_id`` is its own group. Within
+that constraint every class is spread as evenly as possible over the folds.
+
+Implementation: scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)``.
+It assigns groups greedily (largest class-imbalance first) to the fold that keeps the class
+distribution most even. Checked against a hand-written greedy assignment on the real ISIC 2019
+metadata and on 300 random tables (``docs/data.md``): identical balance (per-class fold counts
+within +-1 of even whenever every image is its own group; 0 lesions split), deterministic for a
+seed. It takes about 2 s on the 25,331 ISIC 2019 images, which is negligible next to training.
+Fold numbers depend on the scikit-learn version, so a run stores its ``folds.csv``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from skin_core.constants import FOLD, IMAGE_ID, LABEL, LESION_ID
+from skin_core.errors import ConfigError, DataError
+from skin_core.io import atomic_write_csv
+
+__all__ = ["FoldWarning", "fold_report", "make_folds", "read_folds", "write_folds"]
+
+
+class FoldWarning(UserWarning):
+    """A class has fewer lesion groups than folds, so some folds lack it."""
+
+
+def _table_of(table: object) -> pd.DataFrame:
+    df = getattr(table, "table", table)
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(
+            f"Folds need a dataset table (a Dataset or a DataFrame); got {type(table).__name__}."
+        )
+    missing = [c for c in (IMAGE_ID, LABEL) if c not in df.columns]
+    if missing:
+        raise DataError(
+            f"The table has no column {', '.join(repr(c) for c in missing)}; folds need "
+            "image_id and label (and lesion_id to group images of one lesion)."
+        )
+    return df
+
+
+def _groups(df: pd.DataFrame) -> np.ndarray:
+    """Group code per row: one per distinct lesion_id; a row without lesion_id is alone."""
+    n = len(df)
+    if LESION_ID not in df.columns:
+        return np.arange(n)
+    lesion = df[LESION_ID]
+    codes, _ = pd.factorize(lesion, use_na_sentinel=True)
+    alone = codes < 0
+    n_known = int(codes.max()) + 1 if (~alone).any() else 0
+    codes = codes.copy()
+    codes[alone] = n_known + np.arange(int(alone.sum()))
+    return codes
+
+
+def make_folds(table: object, k: int = 5, seed: int = 0) -> pd.Series:
+    """Assign each image to one of ``k`` folds, stratified by label and grouped by lesion.
+
+    Parameters
+    ----------
+    table:
+        A :class:`~skin_core.data.tables.Dataset` or a DataFrame with ``image_id``, ``label``
+        and (optionally) ``lesion_id``; missing ``lesion_id`` means the image is its own group.
+    k:
+        Number of folds, at least 2 and at most the number of groups.
+    seed:
+        Seed of the tie-breaking permutations; the same table, ``k`` and ``seed`` always give
+        the same folds.
+
+    Returns
+    -------
+    pandas.Series
+        Fold number ``0..k-1`` (int64) named ``fold``, indexed by ``image_id`` in table order.
+
+    Raises
+    ------
+    ConfigError
+        ``k`` below 2 or above the number of groups.
+    DataError
+        Missing ``image_id``/``label`` columns, a missing or repeated ``image_id``, or an
+        image without a label.
+
+    Warns
+    -----
+    FoldWarning
+        A class has fewer groups than folds, so it is absent from some folds.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"image_id": list("abcdef"), "label": list("AAABBB"),
+    ...                   "lesion_id": ["L1", "L1", None, None, None, None]})
+    >>> make_folds(t, k=2, seed=0).groupby(t["lesion_id"].values).nunique().max()
+    1
+    """
+    df = _table_of(table)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 2:
+        raise ConfigError(f"The number of folds k must be an integer >= 2. Got {k!r} instead.")
+    k = int(k)
+    ids = df[IMAGE_ID]
+    if ids.isna().any() or ids.duplicated().any():
+        bad = ids[ids.isna() | ids.duplicated()].iloc[0]
+        raise DataError(
+            f"image_id {bad!r} is missing or repeated in the table; folds need one row per image."
+        )
+    if df[LABEL].isna().any():
+        bad = ids[df[LABEL].isna()].iloc[0]
+        raise DataError(f"Image '{bad}' has no label (column 'label'); folds are stratified by it.")
+    groups = _groups(df)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    if k > n_groups:
+        raise ConfigError(
+            f"The number of folds k={k} is larger than the number of lesion groups "
+            f"({n_groups}); use k <= {n_groups}."
+        )
+    labels, class_names = pd.factorize(df[LABEL], sort=True)
+    n_classes = len(class_names)
+    # group x class image counts (dense; at most ~25k x 8)
+    gc = np.zeros((n_groups, n_classes), dtype=np.int64)
+    np.add.at(gc, (groups, labels), 1)
+    groups_per_class = (gc > 0).sum(axis=0)
+    short = [(str(c), int(g)) for c, g in zip(class_names, groups_per_class, strict=True) if g < k]
+    if short:
+        shown = ", ".join(f"{c} ({g} group{'s' if g != 1 else ''})" for c, g in short)
+        warnings.warn(
+            f"Class(es) {shown} have fewer lesion groups than k={k} folds, so some folds "
+            "contain none of them; use a smaller k or collect more lesions of these classes.",
+            FoldWarning,
+            stacklevel=2,
+        )
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(seed))
+    folds = np.empty(len(df), dtype=np.int64)
+    with warnings.catch_warnings():
+        # sklearn warns about classes with fewer *images* than folds; FoldWarning above
+        # already said the same about lesion groups, which is what matters here.
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(df)), labels, groups)):
+            folds[test] = fold
+    return pd.Series(folds, index=pd.Index(ids.to_numpy(), name=IMAGE_ID), name=FOLD,
+                     dtype="int64")
+
+
+def fold_report(table: object, folds: pd.Series) -> dict:
+    """Per-fold class counts and balance figures of ``folds`` on ``table``.
+
+    Returns
+    -------
+    dict
+        ``k``; ``counts`` (fold -> class -> images); ``max_class_spread`` (class -> max minus
+        min count over folds); ``lesions_in_two_folds`` (number of lesion ids split across
+        folds, 0 for valid folds); ``fold_sizes``.
+    """
+    df = _table_of(table)
+    f = df[IMAGE_ID].map(folds)
+    k = int(f.max()) + 1 if len(f) else 0
+    ct = pd.crosstab(f, df[LABEL]).reindex(range(k), fill_value=0)
+    leaked = 0
+    if LESION_ID in df.columns:
+        per = pd.DataFrame({"l": df[LESION_ID], "f": f}).dropna().groupby("l")["f"].nunique()
+        leaked = int((per > 1).sum())
+    return {
+        "k": k,
+        "fold_sizes": {int(i): int(n) for i, n in ct.sum(axis=1).items()},
+        "counts": {int(i): {str(c): int(v) for c, v in row.items()} for i, row in ct.iterrows()},
+        "max_class_spread": {str(c): int(ct[c].max() - ct[c].min()) for c in ct.columns},
+        "lesions_in_two_folds": leaked,
+    }
+
+
+def write_folds(folds: pd.Series | pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write ``folds.csv`` (``image_id,fold``) atomically.
+
+    Parameters
+    ----------
+    folds:
+        The Series returned by :func:`make_folds` (index ``image_id``) or a DataFrame with
+        columns ``image_id`` and ``fold``.
+    path:
+        Target file; written to a temporary name, then renamed.
+    """
+    if isinstance(folds, pd.Series):
+        out = pd.DataFrame({IMAGE_ID: folds.index.astype(str), FOLD: folds.to_numpy()})
+    elif isinstance(folds, pd.DataFrame) and {IMAGE_ID, FOLD} <= set(folds.columns):
+        out = folds[[IMAGE_ID, FOLD]].copy()
+    else:
+        raise DataError(
+            "write_folds expects a Series indexed by image_id or a DataFrame with columns "
+            f"image_id and fold; got {type(folds).__name__}."
+        )
+    atomic_write_csv(path, out)
+
+
+def read_folds(path: str | os.PathLike[str], table: object) -> pd.Series:
+    """Read and validate ``folds.csv`` against a dataset table.
+
+    Parameters
+    ----------
+    path:
+        A CSV with columns ``image_id`` and ``fold`` (integers ``0..k-1``).
+    table:
+        The :class:`~skin_core.data.tables.Dataset` (or table DataFrame) the folds are for.
+
+    Returns
+    -------
+    pandas.Series
+        Fold per image (int64) named ``fold``, indexed by ``image_id`` in table order.
+
+    Raises
+    ------
+    DataError
+        Missing file or column, a non-integer or negative fold, a repeated image id, an
+        image of the table without a fold, an id not in the table, or a lesion in two folds.
+        The message names the file, line/id and column.
+    """
+    df = _table_of(table)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"The folds file {path} does not exist; make it with skin-core data folds.")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"The folds file {path} is not a readable CSV ({e}); rewrite it.") from e
+    missing = [c for c in (IMAGE_ID, FOLD) if c not in raw.columns]
+    if missing:
+        raise DataError(
+            f"The folds file {path} has no column {', '.join(repr(c) for c in missing)} (found "
+            f"{', '.join(repr(c) for c in raw.columns)}); it must have image_id,fold."
+        )
+    ids = raw[IMAGE_ID].str.strip()
+    fold_num = pd.to_numeric(raw[FOLD].str.strip(), errors="coerce")
+    bad = fold_num.isna() | (fold_num < 0) | (fold_num != fold_num.round())
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{path}, line {i + 2}, image '{ids.iat[i]}', column 'fold': {raw[FOLD].iat[i]!r} "
+            "is not a fold number (an integer >= 0); fix the file or remake it."
+        )
+    dup = ids.duplicated()
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataError(
+            f"{path}, line {i + 2}, column 'image_id': image '{ids.iat[i]}' is listed twice; "
+            "each image needs exactly one fold."
+        )
+    series = pd.Series(fold_num.astype("int64").to_numpy(), index=ids.to_numpy())
+    table_ids = df[IMAGE_ID]
+    unknown = ~ids.isin(table_ids)
+    if unknown.any():
+        i = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise DataError(
+            f"{path}, line {i + 2}, column 'image_id': image '{ids.iat[i]}' is not in the "
+            f"dataset ({int(unknown.sum())} such ids); use the folds made for this dataset."
+        )
+    absent = ~table_ids.isin(ids)
+    if absent.any():
+        first = table_ids[absent].iloc[0]
+        raise DataError(
+            f"{path}, column 'image_id': {int(absent.sum())} image(s) of the dataset have no "
+            f"fold (first: '{first}'); remake the folds for this dataset."
+        )
+    out = pd.Series(table_ids.map(series).to_numpy(dtype=np.int64),
+                    index=pd.Index(table_ids.to_numpy(), name=IMAGE_ID), name=FOLD)
+    if LESION_ID in df.columns:
+        per = pd.DataFrame({"l": df[LESION_ID].to_numpy(), "f": out.to_numpy()}).dropna()
+        n_f = per.groupby("l")["f"].nunique()
+        if (n_f > 1).any():
+            lesion = n_f.index[n_f > 1][0]
+            raise DataError(
+                f"{path}, column 'fold': lesion '{lesion}' has images in "
+                f"{int(n_f[lesion])} folds ({int((n_f > 1).sum())} lesions split); images of "
+                "one lesion must share a fold, remake the folds with skin-core data folds."
+            )
+    return out
