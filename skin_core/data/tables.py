@@ -694,7 +694,7 @@ def _read_isic_ground_truth(
     raw = gt[cols]
     values = raw.apply(pd.to_numeric, errors="coerce")
     bad_value = (raw.notna() & ~values.isin([0.0, 1.0])).to_numpy()
-    values = values.fillna(0.0).to_numpy(dtype=float)
+    values = values.fillna(0.0).to_numpy(dtype=float, copy=True)
     if bad_value.any():
         rows = bad_value.any(axis=1)
         first_col = np.argmax(bad_value, axis=1)
@@ -750,13 +750,14 @@ def _load_isic2019(
     meta = _read_csv(root / ISIC2019_METADATA, what="ISIC 2019 metadata CSV", required=("image",))
     meta = meta.rename(columns={"image": IMAGE_ID, "_line": "_meta_line", "_file": "_meta_file"})
     meta[IMAGE_ID] = _strip(meta[IMAGE_ID])
-    mdup = meta[IMAGE_ID].notna() & meta[IMAGE_ID].duplicated(keep=False)
+    mdup = meta[IMAGE_ID].notna() & meta[IMAGE_ID].duplicated(keep="first")
     if mdup.any():
-        first = meta.loc[mdup].iloc[0]
+        second = meta.loc[mdup].iloc[0]
+        first_line = meta.loc[meta[IMAGE_ID] == second[IMAGE_ID], "_meta_line"].iloc[0]
         raise DataError(
-            f"{first['_meta_file']}, line {first['_meta_line']}, image '{first[IMAGE_ID]}', "
-            f"column 'image': the image appears {int((meta[IMAGE_ID] == first[IMAGE_ID]).sum())}"
-            " times in the metadata; keep one row per image."
+            f"{second['_meta_file']}, line {second['_meta_line']}, image '{second[IMAGE_ID]}', "
+            f"column 'image': the image already has a metadata row at line {first_line} "
+            f"({int(mdup.sum())} repeated rows in all); keep one row per image."
         )
     meta_cols = [c for c in (AGE, SEX, SITE, LESION_ID) if c in meta.columns]
     frame = gt.copy()
