@@ -21,6 +21,9 @@ from skin_core.errors import SkinCoreError
 COMMAND_MODULES: tuple[str, ...] = (
     "data",
     "demo_data",
+    "train",
+    "difficulty",
+    "readers",
 )
 
 
