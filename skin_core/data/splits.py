@@ -4,13 +4,20 @@ Images of the same lesion (same ``lesion_id``) always share a fold, so no lesion
 training and validation at once; an image without a ``lesion_id`` is its own group. Within
 that constraint every class is spread as evenly as possible over the folds.
 
-Implementation: scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)``.
-It assigns groups greedily (largest class-imbalance first) to the fold that keeps the class
-distribution most even. Checked against a hand-written greedy assignment on the real ISIC 2019
-metadata and on 300 random tables (``docs/data.md``): identical balance (per-class fold counts
-within +-1 of even whenever every image is its own group; 0 lesions split), deterministic for a
-seed. It takes about 2 s on the 25,331 ISIC 2019 images, which is negligible next to training.
-Fold numbers depend on the scikit-learn version, so a run stores its ``folds.csv``.
+Algorithm (:func:`make_folds`): groups are ordered by size, largest first, ties broken by a
+seeded random permutation; each group goes to the fold where its classes are least filled
+(sum over its images of ``count[fold, class] / n[class]``), ties broken by the smaller fold and
+then by a seeded random fold order. A group of single-class images thus always goes to a fold
+with the fewest images of that class, so classes whose images are all their own group get
+per-fold counts within +-1 of even; deterministic per seed.
+
+Why not scikit-learn's ``StratifiedGroupKFold`` (the first choice): measured side by side on
+the real ISIC 2019 metadata and on 300 random tables it gives the same balance (identical
+per-class spreads, no lesion split; see ``docs/data.md``), but it refuses valid inputs
+(``ValueError`` when every class has fewer images than folds, e.g. 10 images of 4 classes in 4
+folds, found by the property tests) and is about 25 times slower (2 s against 0.09 s on the
+25,331 ISIC 2019 images). ``tests/test_splits.py`` keeps it as a reference: the greedy folds
+must be at least as balanced.
 """
 
 from __future__ import annotations
@@ -136,16 +143,26 @@ def make_folds(table: object, k: int = 5, seed: int = 0) -> pd.Series:
             FoldWarning,
             stacklevel=2,
         )
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=int(seed))
-    folds = np.empty(len(df), dtype=np.int64)
-    with warnings.catch_warnings():
-        # sklearn warns about classes with fewer *images* than folds; FoldWarning above
-        # already said the same about lesion groups, which is what matters here.
-        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
-        for fold, (_, test) in enumerate(splitter.split(np.zeros(len(df)), labels, groups)):
-            folds[test] = fold
+    rng = np.random.default_rng(seed)
+    sizes = gc.sum(axis=1)
+    order = np.lexsort((rng.permutation(n_groups), -sizes))
+    fold_pref = rng.permutation(k)  # tie-break among equally good folds
+    inv_total = 1.0 / gc.sum(axis=0)
+    counts = np.zeros((k, n_classes), dtype=np.float64)
+    fold_size = np.zeros(k, dtype=np.int64)
+    assign = np.empty(n_groups, dtype=np.int64)
+    for g in order:
+        vec = gc[g]
+        nz = np.flatnonzero(vec)
+        if len(nz) == 1:  # the usual case: one lesion, one diagnosis
+            score = counts[:, nz[0]]
+        else:
+            score = counts[:, nz] @ (vec[nz] * inv_total[nz])
+        best = np.lexsort((fold_pref, fold_size, score))[0]
+        assign[g] = best
+        counts[best] += vec
+        fold_size[best] += sizes[g]
+    folds = assign[groups]
     return pd.Series(folds, index=pd.Index(ids.to_numpy(), name=IMAGE_ID), name=FOLD,
                      dtype="int64")
 

@@ -1,0 +1,233 @@
+"""Lesion-grouped, class-stratified folds: properties, warnings, folds.csv round trip."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skin_core.data.splits import FoldWarning, fold_report, make_folds, read_folds, write_folds
+from skin_core.data.tables import Dataset, load_dataset
+from skin_core.errors import ConfigError, DataError
+
+
+def random_table(seed: int, n: int, n_classes: int, lesion_frac: float) -> pd.DataFrame:
+    """Images with skewed classes; a fraction belong to multi-image, single-class lesions."""
+    rng = np.random.default_rng(seed)
+    p = np.array([0.5, 0.25, 0.15, 0.1][:n_classes])
+    labels = rng.choice(list("ABCD")[:n_classes], size=n, p=p / p.sum())
+    lesion = np.array([None] * n, dtype=object)
+    grouped = rng.random(n) < lesion_frac
+    # lesions hold 2-4 images of one class (as in ISIC: a lesion has one diagnosis)
+    for cls in np.unique(labels):
+        idx = np.flatnonzero(grouped & (labels == cls))
+        rng.shuffle(idx)
+        start = 0
+        while start < len(idx):
+            size = int(rng.integers(2, 5))
+            lesion[idx[start:start + size]] = f"L_{cls}_{start}"
+            start += size
+    return pd.DataFrame({"image_id": [f"img{i}" for i in range(n)], "label": labels,
+                         "lesion_id": lesion})
+
+
+tables_st = st.builds(
+    random_table,
+    seed=st.integers(0, 10_000),
+    n=st.integers(12, 120),
+    n_classes=st.integers(2, 4),
+    lesion_frac=st.sampled_from([0.0, 0.3, 0.7]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(table=tables_st, k=st.integers(2, 5), seed=st.integers(0, 3))
+def test_no_lesion_in_two_folds_and_every_image_once(table, k, seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FoldWarning)
+        folds = make_folds(table, k=k, seed=seed)
+    assert folds.index.tolist() == table["image_id"].tolist()
+    assert folds.between(0, k - 1).all()
+    per_lesion = pd.Series(folds.to_numpy()).groupby(table["lesion_id"].to_numpy()).nunique()
+    assert (per_lesion == 1).all()
+    assert fold_report(table, folds)["lesions_in_two_folds"] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(10, 150),
+    n_classes=st.integers(1, 4),
+    k=st.integers(2, 6),
+)
+def test_singleton_groups_give_per_class_counts_within_one_of_even(seed, n, n_classes, k):
+    table = random_table(seed, n, n_classes, lesion_frac=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FoldWarning)
+        folds = make_folds(table, k=k, seed=seed)
+    counts = pd.crosstab(folds.to_numpy(), table["label"].to_numpy()).reindex(
+        range(k), fill_value=0
+    )
+    assert (counts.max() - counts.min() <= 1).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(table=tables_st, seed=st.integers(0, 100))
+def test_folds_are_deterministic_per_seed(table, seed):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FoldWarning)
+        a = make_folds(table, k=3, seed=seed)
+        b = make_folds(table.copy(), k=3, seed=seed)
+    pd.testing.assert_series_equal(a, b)
+
+
+def test_different_seeds_give_different_folds():
+    table = random_table(0, 200, 3, 0.3)
+    assert not make_folds(table, k=5, seed=0).equals(make_folds(table, k=5, seed=1))
+
+
+def test_grouped_lesions_stay_balanced():
+    table = random_table(1, 600, 4, 0.5)
+    report = fold_report(table, make_folds(table, k=5, seed=0))
+    sizes = list(report["fold_sizes"].values())
+    assert max(sizes) - min(sizes) <= 4  # lesions hold up to 4 images
+    assert all(spread <= 4 for spread in report["max_class_spread"].values())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_at_least_as_balanced_as_sklearn_stratified_group_kfold(seed):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from skin_core.data.splits import _groups
+
+    table = random_table(seed, 150, 4, [0.0, 0.3, 0.7][seed % 3])
+    k = 3 + seed % 3
+    ref = np.empty(len(table), dtype=np.int64)
+    splitter = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    for fold, (_, test) in enumerate(splitter.split(table, table["label"], _groups(table))):
+        ref[test] = fold
+    ours = fold_report(table, make_folds(table, k=k, seed=seed))["max_class_spread"]
+    theirs = fold_report(table, pd.Series(ref, index=table["image_id"]))["max_class_spread"]
+    assert sum(ours.values()) <= sum(theirs.values())
+
+
+def test_every_class_below_k_images_still_splits():
+    # StratifiedGroupKFold raises here; the data allow a split, so make_folds makes one
+    table = pd.DataFrame({"image_id": [f"i{i}" for i in range(10)], "label": list("AAABBBCCDD")})
+    with pytest.warns(FoldWarning):
+        folds = make_folds(table, k=4, seed=0)
+    assert sorted(folds.value_counts().tolist()) == [2, 2, 3, 3]
+    counts = pd.crosstab(folds.to_numpy(), table["label"].to_numpy())
+    assert (counts.max() - counts.min() <= 1).all()
+
+
+def test_images_without_lesion_id_are_their_own_group():
+    table = pd.DataFrame({"image_id": list("abcd"), "label": list("AAAA"),
+                          "lesion_id": [np.nan] * 4})
+    folds = make_folds(table, k=4, seed=0)
+    assert sorted(folds.tolist()) == [0, 1, 2, 3]
+    no_column = make_folds(table.drop(columns="lesion_id"), k=4, seed=0)
+    assert sorted(no_column.tolist()) == [0, 1, 2, 3]
+
+
+def test_class_with_fewer_groups_than_folds_warns():
+    table = pd.DataFrame({
+        "image_id": [f"i{i}" for i in range(12)],
+        "label": ["A"] * 9 + ["B"] * 3,
+        "lesion_id": [None] * 9 + ["LB", "LB", None],  # B: 2 groups
+    })
+    with pytest.warns(FoldWarning, match=r"B \(2 groups\) have fewer lesion groups than k=3"):
+        folds = make_folds(table, k=3, seed=0)
+    assert folds[["i9", "i10"]].nunique() == 1
+
+
+def test_bad_k_and_bad_tables_are_clear_errors():
+    table = pd.DataFrame({"image_id": list("abc"), "label": list("ABA"),
+                          "lesion_id": ["L", "L", None]})
+    with pytest.raises(ConfigError, match="k must be an integer >= 2"):
+        make_folds(table, k=1)
+    with pytest.raises(ConfigError, match=r"larger than the number of lesion groups \(2\)"):
+        make_folds(table, k=3)
+    with pytest.raises(DataError, match="'a' is missing or repeated"):
+        make_folds(pd.concat([table, table.iloc[:1]]), k=2)
+    with pytest.raises(DataError, match="has no column 'label'"):
+        make_folds(table.drop(columns="label"))
+    with pytest.raises(DataError, match="Image 'b' has no label"):
+        make_folds(table.assign(label=["A", None, "A"]), k=2)
+
+
+def test_accepts_a_dataset():
+    table = random_table(2, 40, 2, 0.3).assign(path="x")
+    ds = Dataset(table, ("A", "B"))
+    pd.testing.assert_series_equal(make_folds(ds, k=3, seed=5), make_folds(table, k=3, seed=5))
+
+
+# ----------------------------------------------------------------------------- folds.csv
+
+
+def test_write_and_read_folds_round_trip(tmp_path):
+    table = random_table(3, 60, 3, 0.4)
+    folds = make_folds(table, k=4, seed=0)
+    path = tmp_path / "out" / "folds.csv"
+    write_folds(folds, path)
+    assert path.read_text().splitlines()[0] == "image_id,fold"
+    assert not list(path.parent.glob(".*tmp"))  # no temporary file left behind
+    back = read_folds(path, table)
+    pd.testing.assert_series_equal(back, folds)
+    # a DataFrame works too, and row order in the file does not matter
+    write_folds(folds.reset_index().iloc[::-1], path)
+    pd.testing.assert_series_equal(read_folds(path, Dataset(table, ("A", "B", "C"))), folds)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("image_id,fold\na,0\nb,x\n", r"line 3, image 'b', column 'fold': 'x' is not a fold"),
+        ("image_id,fold\na,0\nb,-1\n", r"line 3, image 'b', column 'fold'"),
+        ("image_id,fold\na,0\nb,1.5\n", r"'1.5' is not a fold number"),
+        ("image_id,fold\na,0\na,1\nb,1\n", r"line 3, column 'image_id': image 'a' is listed twice"),
+        ("image_id,fold\na,0\nb,1\nz,1\nc,0\n", r"line 4, column 'image_id': image 'z' is not in"),
+        ("image_id,fold\na,0\n", r"2 image\(s\) of the dataset have no fold \(first: 'b'\)"),
+        ("image,fold\na,0\n", r"has no column 'image_id'"),
+        ("image_id,fold\na,0\nb,1\nc,0\n", r"lesion 'L' has images in 2 folds"),
+    ],
+)
+def test_read_folds_rejects_bad_files(tmp_path, text, needle):
+    table = pd.DataFrame({"image_id": list("abc"), "label": list("AAB"),
+                          "lesion_id": ["L", "L", None]})
+    path = tmp_path / "folds.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=needle) as e:
+        read_folds(path, table)
+    assert "folds.csv" in str(e.value)
+
+
+def test_read_folds_missing_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist; make it with skin-core data folds"):
+        read_folds(tmp_path / "nope.csv", pd.DataFrame({"image_id": ["a"], "label": ["A"]}))
+
+
+def test_write_folds_rejects_other_objects(tmp_path):
+    with pytest.raises(DataError, match="write_folds expects"):
+        write_folds([0, 1], tmp_path / "f.csv")
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_isic2019_folds_leak_no_lesion(isic2019_csv_dir, tmp_path):
+    ds = load_dataset(f"isic2019:{isic2019_csv_dir}", check_images=False)
+    folds = make_folds(ds, k=5, seed=0)
+    report = fold_report(ds, folds)
+    assert report["lesions_in_two_folds"] == 0
+    # 65% of images share a lesion, yet every class is within a few images of even
+    assert all(spread <= 2 for spread in report["max_class_spread"].values())
+    assert all(min(row.values()) > 0 for row in report["counts"].values())
+    write_folds(folds, tmp_path / "folds.csv")
+    pd.testing.assert_series_equal(read_folds(tmp_path / "folds.csv", ds), folds)
