@@ -69,11 +69,14 @@ def _load(args: argparse.Namespace):
 
 
 def _skipped_records(ds) -> list[dict]:
+    """``Dataset.skipped`` as JSON-ready records (``line`` None where there is no line)."""
+    import pandas as pd
+
     sk = ds.skipped
     return [
         {
             "file": r["file"],
-            "line": None if r["line"] is None or str(r["line"]) == "<NA>" else int(r["line"]),
+            "line": None if pd.isna(r["line"]) else int(r["line"]),
             "image_id": r["image_id"] if isinstance(r["image_id"], str) else None,
             "column": r["column"],
             "reason": r["reason"],
@@ -82,9 +85,11 @@ def _skipped_records(ds) -> list[dict]:
     ]
 
 
-def _print_skipped(ds, stream=sys.stderr) -> None:
+def _print_skipped(ds) -> None:
+    """List every skipped row on stderr (never a silent drop)."""
     if not len(ds.skipped):
         return
+    stream = sys.stderr
     print(f"skipped {len(ds.skipped)} row(s):", file=stream)
     for r in _skipped_records(ds):
         where = r["file"] + (f" line {r['line']}" if r["line"] is not None else "")
