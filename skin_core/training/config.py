@@ -1,0 +1,199 @@
+"""Training configuration: one frozen record, readable from YAML, saved in every run.
+
+Defaults are the CPU-friendly small version of the published study (see docs/training.md
+for the reasons behind each): AdamW, cosine schedule with linear warmup, class-weighted
+cross-entropy (inverse frequency), best epoch by validation balanced accuracy with
+early-stopping patience.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from skin_core.errors import ConfigError
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+BACKENDS: tuple[str, ...] = ("local", "ray")
+LOSS_WEIGHTINGS: tuple[str, ...] = ("inverse_frequency", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run (what ``config.yaml`` stores under ``train``).
+
+    Attributes
+    ----------
+    archs: timm architecture names, one member per (arch, seed).
+    folds: number of cross-validation folds ``K`` (>= 2).
+    epochs: maximum epochs per fold.
+    img_size: square input side in pixels.
+    batch_size: images per optimisation step.
+    lr: peak learning rate (AdamW).
+    weight_decay: AdamW weight decay.
+    warmup_epochs: linear warmup length (fraction of an epoch allowed).
+    label_smoothing: cross-entropy label smoothing (0 = off).
+    loss_weighting: ``"inverse_frequency"`` (weighted CE, as in the study) or ``"none"``.
+    patience: stop a fold after this many epochs without a better validation balanced
+        accuracy (0 = never stop early).
+    seeds: training seeds; several seeds give members ``arch@s<seed>``.
+    seed: seed of the folds (when no folds file is given).
+    pretrained: ``"none"``, ``"hub"`` or a weights file path.
+    device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
+    amp: mixed precision on CUDA (ignored elsewhere).
+    threads: ``torch.set_num_threads`` (0 = leave torch's default).
+    deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)`` on CPU.
+    augment: train-time augmentation on/off.
+    resize: image cache resize mode (``"center"`` or ``"stretch"``).
+    cache_dir: image cache folder (None = ``$SKIN_CORE_CACHE_DIR`` or ``.cache/images``).
+    cache_workers: processes decoding images into the cache (0 = CPU count).
+    eval_batch_size: batch size for validation (0 = 2 x batch_size).
+    backend: ``"local"`` or ``"ray"``.
+    ray_address: Ray cluster address (None = start a local Ray).
+    ray_cpus_per_task: CPUs per (arch, fold) task on CPU clusters.
+    """
+
+    archs: tuple[str, ...] = ("resnet18",)
+    folds: int = 5
+    epochs: int = 10
+    img_size: int = 128
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    loss_weighting: str = "inverse_frequency"
+    patience: int = 5
+    seeds: tuple[int, ...] = (0,)
+    seed: int = 0
+    pretrained: str = "none"
+    device: str = "auto"
+    amp: bool = True
+    threads: int = 0
+    deterministic: bool = True
+    augment: bool = True
+    resize: str = "center"
+    cache_dir: str | None = None
+    cache_workers: int = 0
+    eval_batch_size: int = 0
+    backend: str = "local"
+    ray_address: str | None = None
+    ray_cpus_per_task: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["archs"] = list(self.archs)
+        d["seeds"] = list(self.seeds)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated)."""
+        return replace(self, **changes)
+
+    @property
+    def multi_seed(self) -> bool:
+        return len(self.seeds) > 1
+
+
+def model_ids(config: TrainConfig) -> list[tuple[str, str, int]]:
+    """``(model id, arch, seed)`` for every member: ``arch`` or ``arch@s<seed>``."""
+    out = []
+    for arch in config.archs:
+        for s in config.seeds:
+            out.append((f"{arch}@s{s}" if config.multi_seed else arch, arch, int(s)))
+    return out
+
+
+def _fail(name: str, expected: str, got: Any) -> None:
+    raise ConfigError(f"The {name!r} training option must be {expected}; got {got!r}.")
+
+
+def validate_config(c: TrainConfig) -> None:
+    """Raise :class:`ConfigError` for the first invalid option (one sentence)."""
+    if not c.archs or not all(isinstance(a, str) and a for a in c.archs):
+        _fail("archs", "a non-empty list of timm architecture names", c.archs)
+    if len(set(c.archs)) != len(c.archs):
+        _fail("archs", "a list without repeats", list(c.archs))
+    if not isinstance(c.folds, int) or c.folds < 2:
+        _fail("folds", "an integer >= 2", c.folds)
+    if not isinstance(c.epochs, int) or c.epochs < 1:
+        _fail("epochs", "an integer >= 1", c.epochs)
+    if not isinstance(c.img_size, int) or c.img_size < 8:
+        _fail("img_size", "an integer >= 8 (pixels)", c.img_size)
+    if not isinstance(c.batch_size, int) or c.batch_size < 2:
+        _fail("batch_size", "an integer >= 2", c.batch_size)
+    if not (isinstance(c.lr, (int, float)) and c.lr > 0):
+        _fail("lr", "a positive number", c.lr)
+    if not (isinstance(c.weight_decay, (int, float)) and c.weight_decay >= 0):
+        _fail("weight_decay", "a number >= 0", c.weight_decay)
+    if not (isinstance(c.warmup_epochs, (int, float)) and c.warmup_epochs >= 0):
+        _fail("warmup_epochs", "a number >= 0", c.warmup_epochs)
+    if not (isinstance(c.label_smoothing, (int, float)) and 0 <= c.label_smoothing < 1):
+        _fail("label_smoothing", "a number in [0, 1)", c.label_smoothing)
+    if c.loss_weighting not in LOSS_WEIGHTINGS:
+        _fail("loss_weighting", f"one of {LOSS_WEIGHTINGS}", c.loss_weighting)
+    if not isinstance(c.patience, int) or c.patience < 0:
+        _fail("patience", "an integer >= 0", c.patience)
+    if not c.seeds or len(set(c.seeds)) != len(c.seeds):
+        _fail("seeds", "a non-empty list of distinct integers", c.seeds)
+    if c.device not in DEVICES:
+        _fail("device", f"one of {DEVICES}", c.device)
+    if c.backend not in BACKENDS:
+        _fail("backend", f"one of {BACKENDS}", c.backend)
+    if c.resize not in ("center", "stretch"):
+        _fail("resize", "one of ('center', 'stretch')", c.resize)
+    if not isinstance(c.threads, int) or c.threads < 0:
+        _fail("threads", "an integer >= 0", c.threads)
+    if not isinstance(c.ray_cpus_per_task, int) or c.ray_cpus_per_task < 1:
+        _fail("ray_cpus_per_task", "an integer >= 1", c.ray_cpus_per_task)
+
+
+_TUPLE_FIELDS = {"archs", "seeds"}
+
+
+def config_from_dict(d: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping (e.g. YAML); unknown keys are an error."""
+    names = {f.name for f in fields(TrainConfig)}
+    aliases = {"arch": "archs", "img-size": "img_size", "batch-size": "batch_size"}
+    clean: dict[str, Any] = {}
+    for key, value in d.items():
+        k = aliases.get(key, key).replace("-", "_")
+        if k not in names:
+            raise ConfigError(
+                f"Unknown training option {key!r}; expected one of {sorted(names)}."
+            )
+        if k in _TUPLE_FIELDS:
+            value = (value,) if isinstance(value, (str, int)) else tuple(value)
+        if k == "pretrained" and value is not None:
+            value = str(value)
+        clean[k] = value
+    return replace(base or TrainConfig(), **clean)
+
+
+def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``train`` mapping of a YAML config file (or the whole file when it has none).
+
+    A top-level ``dataset`` key is returned as ``{"dataset": ...}`` beside the options.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {p} does not exist; check the --config path.")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {p} is not valid YAML ({exc}); fix its syntax.") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"Config file {p} must hold a mapping of options; got "
+                          f"{type(doc).__name__}.")
+    out = dict(doc.get("train", {k: v for k, v in doc.items() if k != "dataset"}))
+    if "dataset" in doc:
+        out["dataset"] = doc["dataset"]
+    return out

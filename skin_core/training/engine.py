@@ -1,0 +1,461 @@
+"""Train one (model, fold): the unit of work of every backend.
+
+:func:`train_fold` trains a member on the training rows of one fold, keeps the epoch with the
+best validation balanced accuracy, and writes into the run directory:
+
+- ``members/<model>/fold<k>.safetensors``: the best epoch's weights (model tensors only);
+- ``members/<model>/fold<k>.oof.csv``: that model's probabilities for the fold's validation
+  images (``image_id, model, arch, fold, label, prob_<CLASS>...``);
+- ``members/<model>/fold<k>.json``: the sidecar (arch, classes, preprocessing, metrics, best
+  epoch, sha256 of the weights). Written last: its presence marks the fold as finished;
+- one line per epoch in ``events.jsonl``;
+- ``checkpoints/<model>/fold<k>/``: the resumable per-epoch state, deleted once the fold has
+  finished.
+
+Pixels come from the image cache memmap (``uint8``), are augmented batched on tensors
+(:mod:`skin_core.training.augment`), and never decoded from JPEG here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skin_core.constants import prob_columns
+from skin_core.errors import ConfigError, SkinCoreError
+from skin_core.training.config import TrainConfig
+
+CANCEL_FILE = "cancel"
+
+
+class TrainingCancelled(SkinCoreError):
+    """The run's cancel file appeared; the last epoch checkpoint is kept for --resume."""
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything one (model, fold) needs; plain values so it travels to Ray workers.
+
+    ``train_rows`` / ``val_rows`` index the image cache (``cache_path``, shape
+    ``cache_shape``); labels are class indices into ``classes``.
+    """
+
+    run_dir: str
+    model: str
+    arch: str
+    seed: int
+    fold: int
+    classes: tuple[str, ...]
+    cache_path: str
+    cache_shape: tuple[int, int, int, int]
+    train_rows: tuple[int, ...]
+    train_labels: tuple[int, ...]
+    val_rows: tuple[int, ...]
+    val_labels: tuple[int, ...]
+    val_ids: tuple[str, ...]
+    config: dict[str, Any]
+    resume: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def member_dir(self) -> Path:
+        return Path(self.run_dir) / "members" / self.model
+
+    @property
+    def sidecar(self) -> Path:
+        return self.member_dir / f"fold{self.fold}.json"
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return Path(self.run_dir) / "checkpoints" / self.model / f"fold{self.fold}"
+
+
+def fold_finished(job: FoldJob) -> bool:
+    """True when the fold's sidecar, weights and OOF part are all present."""
+    d = job.member_dir
+    return job.sidecar.is_file() and (d / f"fold{job.fold}.safetensors").is_file() and (
+        d / f"fold{job.fold}.oof.csv").is_file()
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``; checks explicit names."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = bool(mps and mps.is_available())
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use "
+                          "--device auto or cpu.")
+    if name == "mps" and not has_mps:
+        raise ConfigError("--device mps was asked for but Apple MPS is not available; use "
+                          "--device auto or cpu.")
+    return name
+
+
+def job_seed(seed: int, arch: str, fold: int) -> int:
+    """Seed of one (arch, seed, fold): stable across processes and machines."""
+    return (int(seed) * 1_000_003 + zlib.crc32(arch.encode()) + 7919 * int(fold)) % (2**31)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds the global state libraries use
+    torch.manual_seed(seed)
+
+
+def lr_at(step: int, *, total: int, warmup: int, peak: float) -> float:
+    """Linear warmup from ``peak / warmup`` to ``peak``, then cosine decay to 1 % of peak."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def class_weights(labels: np.ndarray, k: int) -> np.ndarray:
+    """Inverse-frequency weights ``N / (K * n_k)`` (0 for classes absent from ``labels``)."""
+    counts = np.bincount(labels, minlength=k).astype(float)
+    present = counts > 0
+    w = np.zeros(k)
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w
+
+
+def append_event(run_dir: str | os.PathLike[str], event: dict[str, Any]) -> None:
+    """Append one JSON line to ``events.jsonl`` (a single ``write`` in append mode)."""
+    line = json.dumps(event, default=float) + "\n"
+    with open(Path(run_dir) / "events.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(line)
+
+
+def _batches(n: int, batch_size: int, order: np.ndarray) -> list[np.ndarray]:
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < 2:  # BatchNorm cannot train on one image
+        out.pop()
+    return out
+
+
+def predict_rows(model: Any, cache: np.ndarray, rows: np.ndarray, *, device: str, mean: Any,
+                 std: Any, batch_size: int, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and logits of ``model`` for cache ``rows`` (eval mode)."""
+    import torch
+
+    from skin_core.training.augment import to_float
+
+    model.eval()
+    probs, logits_all = [], []
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            r = rows[i:i + batch_size]
+            order = np.argsort(r, kind="stable")
+            x = torch.from_numpy(np.ascontiguousarray(cache[r[order]])).to(device)
+            x = to_float(x, mean, std)
+            if device == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", enabled=amp and device == "cuda"):
+                logits = model(x).float()
+            inv = np.empty_like(order)
+            inv[order] = np.arange(len(order))
+            logits = logits[torch.from_numpy(inv).to(logits.device)]
+            logits_all.append(logits.cpu().numpy())
+            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+    k = model.num_classes if hasattr(model, "num_classes") else 0
+    if not probs:
+        return np.zeros((0, k)), np.zeros((0, k))
+    return np.concatenate(probs).astype(np.float64), np.concatenate(logits_all)
+
+
+def train_fold(
+    job: FoldJob,
+    *,
+    progress: bool = False,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    batch_hook: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``job``'s member on its fold and write its outputs (see module docstring).
+
+    Parameters
+    ----------
+    job:
+        The (model, fold) to train.
+    progress:
+        Show a tqdm bar (fold, epoch, images/s, ETA) on stderr.
+    on_epoch:
+        Called with each epoch's event dict (the local backend updates ``status.json``).
+    batch_hook:
+        Called with the global step number before each optimisation step (tests use it to
+        simulate a crash).
+
+    Returns
+    -------
+    dict: the sidecar's content (``model``, ``fold``, ``best_epoch``, ``metrics``...).
+
+    Raises
+    ------
+    TrainingCancelled
+        ``<run_dir>/cancel`` appeared (checked between batches).
+    ConfigError
+        ``--resume`` found a checkpoint made for other classes or another architecture.
+    DiskFullError
+        The disk filled up while saving (nothing half-written is kept).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    det = torch.are_deterministic_algorithms_enabled()
+    det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return _train_fold(job, progress=progress, on_epoch=on_epoch, batch_hook=batch_hook)
+    finally:  # leave the process's torch settings as they were
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det, warn_only=det_warn)
+
+
+def _train_fold(
+    job: FoldJob,
+    *,
+    progress: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    batch_hook: Callable[[int], None] | None,
+) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from skin_core.analysis.metrics import classification_metrics
+    from skin_core.io import atomic_write_csv
+    from skin_core.models.registry import create_model, preprocess_config
+    from skin_core.training import checkpoint as ck
+    from skin_core.training.augment import augment_batch
+
+    cfg = TrainConfig(**{**job.config, "archs": tuple(job.config["archs"]),
+                         "seeds": tuple(job.config["seeds"])})
+    run_dir = Path(job.run_dir)
+    k = len(job.classes)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    if device == "cpu" and cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed = job_seed(job.seed, job.arch, job.fold)
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+
+    model = create_model(job.arch, num_classes=k, pretrained=cfg.pretrained,
+                         input_size=cfg.img_size)
+    pre = preprocess_config(job.arch, cfg.img_size)
+    model.to(device)
+    if device == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_amp = bool(cfg.amp and device == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    cache = np.memmap(job.cache_path, dtype=np.uint8, mode="r", shape=tuple(job.cache_shape))
+    train_rows = np.asarray(job.train_rows, dtype=np.int64)
+    train_labels = np.asarray(job.train_labels, dtype=np.int64)
+    val_rows = np.asarray(job.val_rows, dtype=np.int64)
+    val_labels = np.asarray(job.val_labels, dtype=np.int64)
+    n = len(train_rows)
+    weights = (class_weights(train_labels, k) if cfg.loss_weighting == "inverse_frequency"
+               else np.ones(k))
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32, device=device),
+        label_smoothing=cfg.label_smoothing)
+    eval_loss = torch.nn.CrossEntropyLoss()
+    steps_per_epoch = len(_batches(n, cfg.batch_size, np.arange(n)))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+
+    start_epoch, step = 0, 0
+    best_score, best_epoch, since_best = -1.0, -1, 0
+    best_state: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = []
+    ckpt_dir = job.ckpt_dir
+    if job.resume:
+        found = ck.load_checkpoint(ckpt_dir)
+        if found is not None:
+            tensors, state = found
+            if tuple(state.get("classes", ())) != tuple(job.classes):
+                raise ConfigError(
+                    f"Checkpoint {ckpt_dir / 'last.json'} was made for classes "
+                    f"{list(state.get('classes', []))} but the dataset has {list(job.classes)}; "
+                    "resume with the dataset the run was started on, or start a new run "
+                    "directory."
+                )
+            if state.get("arch") != job.arch:
+                raise ConfigError(
+                    f"Checkpoint {ckpt_dir / 'last.json'} was made for architecture "
+                    f"{state.get('arch')!r}, not {job.arch!r}; start a new run directory."
+                )
+            ck.restore_training(tensors, state, model=model, optimizer=opt, generator=gen)
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
+            best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+            since_best, history = int(state["since_best"]), list(state.get("history", []))
+            best_state = ck.load_best(ckpt_dir, state)
+    elif ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+
+    cancel_file = run_dir / CANCEL_FILE
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="batch",
+               desc=f"{job.model} fold {job.fold}", leave=False, dynamic_ncols=True)
+    t_run = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if cfg.patience and since_best >= cfg.patience:
+                break
+            model.train()
+            order = torch.randperm(n, generator=gen).numpy()
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            for batch in _batches(n, cfg.batch_size, order):
+                if cancel_file.exists():
+                    raise TrainingCancelled(
+                        f"Training was cancelled ({cancel_file} exists) during {job.model} fold "
+                        f"{job.fold} epoch {epoch}; delete the cancel file and rerun with "
+                        "--resume to continue from the last finished epoch."
+                    )
+                if batch_hook is not None:
+                    batch_hook(step)
+                rows = train_rows[batch]
+                srt = np.argsort(rows, kind="stable")
+                x = torch.from_numpy(np.ascontiguousarray(cache[rows[srt]])).to(device)
+                y = torch.from_numpy(train_labels[batch][srt]).to(device)
+                if cfg.augment:
+                    x = augment_batch(x, mean=pre.mean, std=pre.std, generator=gen)
+                else:
+                    from skin_core.training.augment import to_float
+
+                    x = to_float(x, pre.mean, pre.std)
+                if device == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                lr = lr_at(step, total=total_steps, warmup=warmup, peak=cfg.lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                with torch.autocast("cuda", enabled=use_amp):
+                    loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                loss_sum += float(loss.detach()) * len(batch)
+                seen += len(batch)
+                step += 1
+                bar.update(1)
+            train_time = time.perf_counter() - t0
+            probs, logits = predict_rows(model, cache, val_rows, device=device, mean=pre.mean,
+                                         std=pre.std, batch_size=eval_bs, amp=use_amp)
+            val_loss = float(eval_loss(torch.from_numpy(logits).float(),
+                                       torch.from_numpy(val_labels)))
+            score = classification_metrics(val_labels, probs, job.classes)["balanced_accuracy"]
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch, since_best = score, epoch, 0
+                best_state = {key: v.detach().to("cpu").clone()
+                              for key, v in model.state_dict().items()}
+            else:
+                since_best += 1
+            event = {
+                "event": "epoch", "model": job.model, "arch": job.arch, "fold": job.fold,
+                "epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
+                "val_balanced_accuracy": score, "images_per_s": seen / max(train_time, 1e-9),
+                "lr": lr_at(max(step - 1, 0), total=total_steps, warmup=warmup, peak=cfg.lr),
+                "elapsed_s": time.perf_counter() - t_run, "best_epoch": best_epoch,
+                "time": time.time(),
+            }
+            history.append({key: event[key] for key in (
+                "epoch", "train_loss", "val_loss", "val_balanced_accuracy")})
+            ck.save_checkpoint(
+                ckpt_dir, model=model, optimizer=opt, generator=gen,
+                best_state=best_state if improved else None,
+                state={
+                    "arch": job.arch, "model": job.model, "fold": job.fold,
+                    "classes": list(job.classes), "epoch": epoch, "step": step,
+                    "best_score": best_score, "best_epoch": best_epoch,
+                    "since_best": since_best, "history": history,
+                    "scaler": scaler.state_dict() if use_amp else None,
+                    "best_file": _best_file(ckpt_dir),
+                },
+            )
+            append_event(run_dir, event)
+            bar.set_postfix(epoch=epoch, img_s=f"{event['images_per_s']:.0f}",
+                            bacc=f"{score:.3f}")
+            if on_epoch is not None:
+                on_epoch(event)
+    finally:
+        bar.close()
+
+    if best_state is None:  # pragma: no cover - at least one epoch always runs
+        raise SkinCoreError(f"{job.model} fold {job.fold} finished without a trained epoch.")
+    model.load_state_dict(best_state)
+    probs, _ = predict_rows(model, cache, val_rows, device=device, mean=pre.mean, std=pre.std,
+                            batch_size=eval_bs, amp=use_amp)
+    metrics = classification_metrics(val_labels, probs, job.classes)
+    member_dir = job.member_dir
+    member_dir.mkdir(parents=True, exist_ok=True)
+    weights_path = member_dir / f"fold{job.fold}.safetensors"
+    digest = ck.save_tensors(weights_path, best_state, metadata={
+        "arch": job.arch, "classes": json.dumps(list(job.classes)),
+        "preprocessing": json.dumps(pre.to_dict())})
+    oof = _oof_frame(job, probs)
+    try:
+        atomic_write_csv(member_dir / f"fold{job.fold}.oof.csv", oof)
+    except OSError as exc:
+        raise ck._disk_error(member_dir / f"fold{job.fold}.oof.csv", exc) from exc
+    sidecar = {
+        "model": job.model, "arch": job.arch, "seed": job.seed, "fold": job.fold,
+        "classes": list(job.classes), "preprocessing": pre.to_dict(),
+        "num_classes": k, "best_epoch": best_epoch, "epochs_run": len(history),
+        "metrics": metrics, "n_train": int(n), "n_val": int(len(val_rows)),
+        "weights": weights_path.name, "sha256": digest, "pretrained": cfg.pretrained,
+        "history": history, "device": device,
+    }
+    ck.write_json(job.sidecar, sidecar)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    for parent in (ckpt_dir.parent, ckpt_dir.parent.parent):
+        try:
+            parent.rmdir()  # only when empty: other folds may still hold checkpoints
+        except OSError:
+            break
+    return sidecar
+
+
+def _best_file(ckpt_dir: Path) -> str | None:
+    side = ckpt_dir / "last.json"
+    if side.is_file():
+        try:
+            return json.loads(side.read_text()).get("best_file")
+        except (OSError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def _oof_frame(job: FoldJob, probs: np.ndarray):  # noqa: ANN202 - pandas DataFrame
+    import pandas as pd
+
+    df = pd.DataFrame({
+        "image_id": list(job.val_ids),
+        "model": job.model,
+        "arch": job.arch,
+        "fold": job.fold,
+        "label": [job.classes[i] for i in job.val_labels],
+    })
+    for c, col in enumerate(prob_columns(job.classes)):
+        df[col] = probs[:, c]
+    return df
