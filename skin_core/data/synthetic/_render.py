@@ -1,0 +1,630 @@
+"""Drawing of one synthetic dermoscopic image (vectorised NumPy + OpenCV, no global state).
+
+The picture is built in two frames:
+
+* the **lesion frame** (everything fixed by ``lesion_seed``): skin patch, lesion outline,
+  colours and dermoscopic structures. Images of the same lesion share it.
+* the **view** (everything fixed by ``view_seed``): rotation, scale and shift of the lesion
+  frame, lighting and white balance, sensor noise, hairs, ruler marks, the dermoscope's
+  circular field of view and the focus blur. Re-imaging a lesion draws a new view.
+
+All lengths are fractions of the image side ``size`` so the images look alike at 64 px and
+at 512 px. Colours are RGB floats in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from skin_core.constants import ISIC2019_CLASSES
+
+# ---------------------------------------------------------------------------------------------
+# Palette (RGB, 0-255) of dermoscopic colours.
+# ---------------------------------------------------------------------------------------------
+_C = {
+    "tan": (196, 150, 105),
+    "light_brown": (172, 112, 70),
+    "mid_brown": (130, 78, 45),
+    "dark_brown": (82, 45, 28),
+    "black": (38, 28, 28),
+    "blue_grey": (105, 112, 135),
+    "blue_white": (165, 175, 200),
+    "pink": (228, 150, 150),
+    "pearly": (236, 190, 185),
+    "red": (200, 55, 65),
+    "dark_red": (140, 30, 45),
+    "purple": (120, 45, 85),
+    "white": (242, 236, 228),
+    "yellow_white": (236, 222, 170),
+}
+PALETTE: dict[str, np.ndarray] = {k: np.array(v, np.float32) / 255.0 for k, v in _C.items()}
+
+#: Dermoscopic structures a lesion may show; each class has an affinity in [0, 1] for each.
+FEATURES: tuple[str, ...] = (
+    "network",        # pigment network (reticular lines)
+    "atypical_net",   # irregular, broken network of varying thickness
+    "globules",       # brown dots and globules
+    "black_dots",     # irregular black dots, mostly peripheral
+    "streaks",        # radial streaks / pseudopods at the border
+    "veil",           # blue-white veil
+    "regression",     # white scar-like area with grey peppering
+    "nests",          # blue-grey ovoid nests
+    "arborizing",     # arborizing (tree-like) vessels
+    "dotted",         # dotted / glomerular vessels
+    "ulcer",          # ulceration / crust
+    "milia",          # milia-like cysts (bright white dots)
+    "comedo",         # comedo-like openings (dark yellow-brown plugs)
+    "lacunae",        # red-purple lacunae separated by pale septa
+    "central_white",  # central white scar-like patch
+    "scale",          # white-yellow surface scale
+    "keratin",        # central keratin mass
+    "erythema",       # pink-red background around the lesion
+)
+
+
+@dataclass(frozen=True)
+class ClassLook:
+    """How a class tends to look: ranges for shape and colour, affinities for structures."""
+
+    radius: tuple[float, float]        # mean radius, fraction of the image side
+    aspect: tuple[float, float]        # ratio of the two axes
+    irregularity: tuple[float, float]  # amplitude of border harmonics (fraction of radius)
+    edge: tuple[float, float]          # border softness (fraction of radius)
+    colours: tuple[tuple[str, float], ...]  # palette names with weights
+    n_colours: tuple[int, int]         # how many colour zones
+    opacity: tuple[float, float]       # how strongly the lesion colour covers the skin
+    features: dict[str, float]         # structure -> affinity (probability x strength)
+
+
+#: Per-class looks. Classes share several structures on purpose (NV and MEL both show network
+#: and globules; BCC and SCC both show vessels; AK and SCC both scale) so that the class signal
+#: is real but overlapping, as in dermoscopy.
+LOOKS: dict[str, ClassLook] = {
+    "NV": ClassLook(
+        radius=(0.14, 0.30), aspect=(0.75, 1.0), irregularity=(0.02, 0.07), edge=(0.10, 0.35),
+        colours=(("light_brown", 3.0), ("mid_brown", 2.0), ("tan", 1.5), ("dark_brown", 0.5)),
+        n_colours=(1, 2), opacity=(0.55, 0.9),
+        features={"network": 0.75, "globules": 0.45, "black_dots": 0.05, "dotted": 0.05,
+                  "comedo": 0.05, "atypical_net": 0.08, "streaks": 0.04},
+    ),
+    "MEL": ClassLook(
+        radius=(0.22, 0.40), aspect=(0.6, 0.95), irregularity=(0.07, 0.18), edge=(0.04, 0.25),
+        colours=(("mid_brown", 2.0), ("dark_brown", 2.0), ("light_brown", 1.5), ("black", 1.0),
+                 ("blue_grey", 1.0), ("red", 0.15)),
+        n_colours=(2, 4), opacity=(0.65, 0.95),
+        features={"network": 0.45, "atypical_net": 0.55, "globules": 0.30, "black_dots": 0.5,
+                  "streaks": 0.35, "veil": 0.5, "regression": 0.3, "dotted": 0.15,
+                  "milia": 0.05},
+    ),
+    "BCC": ClassLook(
+        radius=(0.15, 0.30), aspect=(0.65, 1.0), irregularity=(0.04, 0.12), edge=(0.10, 0.30),
+        colours=(("pearly", 3.0), ("pink", 2.0), ("light_brown", 0.4)),
+        n_colours=(1, 2), opacity=(0.45, 0.8),
+        features={"arborizing": 0.85, "nests": 0.6, "ulcer": 0.3, "dotted": 0.1,
+                  "erythema": 0.2, "globules": 0.15, "veil": 0.05},
+    ),
+    "AK": ClassLook(
+        radius=(0.22, 0.38), aspect=(0.6, 1.0), irregularity=(0.06, 0.14), edge=(0.35, 0.6),
+        colours=(("pink", 3.0), ("red", 1.0), ("light_brown", 0.8)),
+        n_colours=(1, 2), opacity=(0.35, 0.65),
+        features={"erythema": 0.9, "scale": 0.75, "dotted": 0.3, "comedo": 0.35,
+                  "network": 0.1, "keratin": 0.1},
+    ),
+    "BKL": ClassLook(
+        radius=(0.18, 0.36), aspect=(0.6, 1.0), irregularity=(0.06, 0.14), edge=(0.03, 0.15),
+        colours=(("tan", 2.0), ("light_brown", 2.0), ("mid_brown", 1.5), ("dark_brown", 0.5)),
+        n_colours=(1, 3), opacity=(0.6, 0.9),
+        features={"milia": 0.7, "comedo": 0.6, "network": 0.2, "scale": 0.2,
+                  "globules": 0.1, "regression": 0.1, "dotted": 0.05},
+    ),
+    "DF": ClassLook(
+        radius=(0.10, 0.20), aspect=(0.75, 1.0), irregularity=(0.02, 0.06), edge=(0.25, 0.5),
+        colours=(("light_brown", 3.0), ("tan", 1.5), ("mid_brown", 1.0)),
+        n_colours=(1, 1), opacity=(0.45, 0.75),
+        features={"central_white": 0.9, "network": 0.7, "erythema": 0.25, "dotted": 0.1,
+                  "globules": 0.05},
+    ),
+    "VASC": ClassLook(
+        radius=(0.07, 0.17), aspect=(0.7, 1.0), irregularity=(0.03, 0.09), edge=(0.03, 0.12),
+        colours=(("red", 2.0), ("dark_red", 2.0), ("purple", 1.5)),
+        n_colours=(1, 2), opacity=(0.8, 1.0),
+        features={"lacunae": 0.95, "erythema": 0.2, "dotted": 0.05, "veil": 0.05},
+    ),
+    "SCC": ClassLook(
+        radius=(0.15, 0.32), aspect=(0.65, 1.0), irregularity=(0.05, 0.12), edge=(0.15, 0.4),
+        colours=(("pink", 2.5), ("pearly", 1.5), ("red", 0.8)),
+        n_colours=(1, 2), opacity=(0.45, 0.75),
+        features={"keratin": 0.8, "dotted": 0.7, "scale": 0.5, "erythema": 0.5, "ulcer": 0.3,
+                  "arborizing": 0.1},
+    ),
+}
+assert set(LOOKS) == set(ISIC2019_CLASSES)
+
+#: Skin tones (RGB 0-255) of lightly to moderately pigmented skin under dermoscopic light.
+_SKIN = np.array(
+    [(236, 196, 180), (226, 178, 160), (238, 206, 190), (214, 166, 140), (222, 186, 170),
+     (200, 150, 125), (230, 190, 185)], np.float32,
+) / 255.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+def _u(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return float(rng.uniform(lo_hi[0], lo_hi[1]))
+
+
+def _noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Smooth value noise in about [-1, 1]: a ``cells`` x ``cells`` grid upsampled bicubically."""
+    grid = rng.standard_normal((cells + 1, cells + 1), dtype=np.float32)
+    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+def _fbm(rng: np.random.Generator, size: int, cells: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros((size, size), np.float32)
+    amp = 1.0
+    for c in cells:
+        out += amp * _noise(rng, size, max(2, min(c, size // 2)))
+        amp *= 0.55
+    return out / max(1e-6, float(np.abs(out).max()))
+
+
+def _blend(img: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> None:
+    """In place: ``img = img * (1 - alpha) + colour * alpha`` (alpha HxW, colour RGB or HxWx3)."""
+    a = alpha[..., None]
+    img *= 1.0 - a
+    img += a * colour
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def _pick_colour(rng: np.random.Generator, colours: list[tuple[str, float]]) -> np.ndarray:
+    names = [c for c, _ in colours]
+    w = np.array([w for _, w in colours], np.float64)
+    return PALETTE[names[int(rng.choice(len(names), p=w / w.sum()))]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lesion parameters (mixing two classes for ambiguous lesions)
+# ---------------------------------------------------------------------------------------------
+def _mixed_look(label: str, mix_with: str | None, mix_weight: float,
+                rng: np.random.Generator) -> dict:
+    """Numeric look of one lesion: class ranges interpolated, structure affinities blended.
+
+    Every lesion also borrows a little (0-12 %) of a random other class, so that classes
+    overlap and a classifier cannot be perfect even on typical images.
+    """
+    weights = {label: 1.0}
+    if mix_with is not None and mix_weight > 0:
+        weights = {label: 1.0 - mix_weight, mix_with: mix_weight}
+    drift = str(rng.choice([c for c in ISIC2019_CLASSES if c != label]))
+    d = float(rng.uniform(0.0, 0.12))
+    weights = {c: w * (1.0 - d) for c, w in weights.items()}
+    weights[drift] = weights.get(drift, 0.0) + d
+
+    def interp(attr: str) -> tuple[float, float]:
+        lo = sum(w * getattr(LOOKS[c], attr)[0] for c, w in weights.items())
+        hi = sum(w * getattr(LOOKS[c], attr)[1] for c, w in weights.items())
+        return lo, hi
+
+    feats = {f: sum(w * LOOKS[c].features.get(f, 0.0) for c, w in weights.items())
+             for f in FEATURES}
+    colours: dict[str, float] = {}
+    for c, w in weights.items():
+        for name, cw in LOOKS[c].colours:
+            colours[name] = colours.get(name, 0.0) + w * cw
+    nlo, nhi = interp("n_colours")
+    return {
+        "radius": interp("radius"), "aspect": interp("aspect"),
+        "irregularity": interp("irregularity"), "edge": interp("edge"),
+        "opacity": interp("opacity"), "n_colours": (round(nlo), round(nhi)),
+        "colours": sorted(colours.items()), "features": feats,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Structures (each draws into ``img`` inside the lesion, in the lesion frame)
+# ---------------------------------------------------------------------------------------------
+def _network(img, rng, inside, mask, strength, atypical):
+    size = img.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    period = size * float(rng.uniform(0.022, 0.034)) * (1.0 + 0.2 * atypical)
+    k = 2.0 * math.pi / period
+    ang = float(rng.uniform(0, math.pi))
+    warp_u = (0.8 + 0.8 * atypical) * period * _fbm(rng, size, (6, 14))
+    warp_v = (0.8 + 0.8 * atypical) * period * _fbm(rng, size, (6, 14))
+    u = (xx * math.cos(ang) - yy * math.sin(ang)) + warp_u
+    v = (xx * math.sin(ang) + yy * math.cos(ang)) + warp_v
+    # hexagonal cells: the sum of three cosines is low on the cell walls
+    h = np.cos(k * u) + np.cos(k * (0.5 * u + 0.866 * v)) + np.cos(k * (0.5 * u - 0.866 * v))
+    width = 0.2 + (0.9 * atypical) * (0.5 + 0.5 * _noise(rng, size, 6))
+    lines = _smoothstep((width - h) / 0.9)
+    if atypical > 0.3:  # broken, patchy network
+        lines *= _smoothstep((_noise(rng, size, 7) + 0.3) * 3.0)
+    # a benign network fades out at the periphery and covers only part of the lesion
+    fade = _smoothstep(inside * 2.5) if atypical < 0.3 else np.float32(1.0)
+    cover = _smoothstep((_noise(rng, size, 3) + 0.7) * 2.0)
+    alpha = (0.3 + 0.15 * atypical) * strength * lines * mask * fade * cover
+    img *= 1.0 - 0.55 * alpha[..., None]
+    _blend(img, PALETTE["dark_brown"], 0.3 * alpha)
+
+
+def _dots(img, rng, centre, r0, mask_fn, count, radius, colour, alpha, peripheral=False,
+          soft=False):
+    size = img.shape[0]
+    layer = np.zeros((size, size), np.float32)
+    for _ in range(count):
+        t = rng.uniform(0, 2 * math.pi)
+        rr = rng.uniform(0.6, 0.95) if peripheral else math.sqrt(rng.uniform(0, 0.85))
+        x = centre[0] + rr * r0 * math.cos(t)
+        y = centre[1] + rr * r0 * math.sin(t)
+        rad = max(1, int(round(rng.uniform(*radius) * size)))
+        cv2.circle(layer, (int(x), int(y)), rad, float(rng.uniform(0.7, 1.0)), -1, cv2.LINE_AA)
+    if soft:
+        layer = cv2.GaussianBlur(layer, (0, 0), max(0.6, size / 256.0))
+    _blend(img, colour, np.clip(layer * alpha, 0, 1) * mask_fn)
+
+
+def _vessels_arborizing(img, rng, centre, r0, mask, strength):
+    size = img.shape[0]
+    layer = np.zeros((size, size), np.float32)
+    n_trunks = int(rng.integers(2, 6))
+    for _ in range(n_trunks):
+        t = rng.uniform(0, 2 * math.pi)
+        start = (centre[0] + 0.8 * r0 * math.cos(t), centre[1] + 0.8 * r0 * math.sin(t))
+        heading = t + math.pi + rng.uniform(-0.6, 0.6)
+        stack = [(start, heading, max(1.0, size / 110.0), 0)]
+        while stack:
+            (x, y), h, w, depth = stack.pop()
+            pts = [(x, y)]
+            seg = int(rng.integers(4, 9))
+            step = r0 * rng.uniform(0.05, 0.1)
+            for _ in range(seg):
+                h += rng.normal(0, 0.35)
+                x += step * math.cos(h)
+                y += step * math.sin(h)
+                pts.append((x, y))
+            arr = np.round(np.array(pts) * 4).astype(np.int32)  # 2 fractional bits
+            cv2.polylines(layer, [arr], False, 1.0, max(1, int(round(w))), cv2.LINE_AA, 2)
+            if depth < 3:
+                for sign in (-1, 1):
+                    if rng.random() < 0.75:
+                        stack.append(((x, y), h + sign * rng.uniform(0.4, 1.0), w * 0.65,
+                                      depth + 1))
+    alpha = np.clip(layer, 0, 1) * mask * (0.6 + 0.4 * strength)
+    _blend(img, PALETTE["red"], alpha)
+
+
+def _blob(rng, size, centre, radius, cells=5, thresh=0.0):
+    """Soft irregular blob mask around ``centre``."""
+    yy, xx = np.ogrid[0:size, 0:size]
+    d = np.sqrt((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2).astype(np.float32) / radius
+    n = _noise(rng, size, cells)
+    return _smoothstep((1.0 - d + 0.45 * n - thresh) * 2.5)
+
+
+def _lacunae(img, rng, centre, r0, mask):
+    size = img.shape[0]
+    _blend(img, PALETTE["pearly"] * 0.95, 0.8 * mask)  # pale septa
+    cols = [PALETTE["red"], PALETTE["dark_red"], PALETTE["purple"]]
+    n = int(rng.integers(6, 16))
+    layer = np.zeros((size, size, 3), np.float32)
+    alpha = np.zeros((size, size), np.float32)
+    for _ in range(n):
+        t = rng.uniform(0, 2 * math.pi)
+        rr = math.sqrt(rng.uniform(0, 0.8)) * r0
+        rad = max(1, int(r0 * rng.uniform(0.15, 0.35)))
+        c = cols[int(rng.integers(0, 3))] * rng.uniform(0.8, 1.05)
+        x, y = int(centre[0] + rr * math.cos(t)), int(centre[1] + rr * math.sin(t))
+        cv2.circle(layer, (x, y), rad, tuple(float(v) for v in c), -1, cv2.LINE_AA)
+        cv2.circle(alpha, (x, y), rad, 1.0, -1, cv2.LINE_AA)
+        # a pale rim keeps neighbouring lacunae apart
+        cv2.circle(alpha, (x, y), rad, 0.0, max(1, size // 200), cv2.LINE_AA)
+    _blend(img, layer, alpha * mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# The lesion frame
+# ---------------------------------------------------------------------------------------------
+def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight: float,
+                         lesion_seed: int) -> tuple[np.ndarray, float]:
+    """Skin + lesion in the canonical frame; returns (image HxWx3 float, feature strength)."""
+    rng = np.random.default_rng(lesion_seed)
+    look = _mixed_look(label, mix_with, mix_weight, rng)
+    strength = float(rng.uniform(0.45, 1.0))  # how textbook-like this lesion is
+
+    # --- skin: tone, blotchy colour, fine texture and skin lines -------------------------------
+    tone = _SKIN[int(rng.integers(0, len(_SKIN)))] * rng.uniform(0.94, 1.04, 3).astype(np.float32)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = tone
+    blotch = _fbm(rng, size, (3, 7))
+    img *= 1.0 + 0.05 * blotch[..., None] * np.array([1.0, 1.3, 1.3], np.float32)
+    red = _fbm(rng, size, (4, 9))
+    _blend(img, PALETTE["pink"], 0.18 * np.clip(red, 0, 1))
+    texture = _fbm(rng, size, (size // 6, size // 3))
+    img *= 1.0 + 0.035 * texture[..., None]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    a = float(rng.uniform(0, math.pi))
+    furrows = np.zeros((size, size), np.float32)
+    for da in (0.0, 1.1):
+        w = np.sin((xx * math.cos(a + da) + yy * math.sin(a + da)) * (2 * math.pi / (size * 0.06))
+                   + 4.0 * _noise(rng, size, 5))
+        furrows = np.maximum(furrows, _smoothstep((w - 0.9) * 10.0))
+    furrows *= _smoothstep(_noise(rng, size, 4) + 0.5)
+    img *= 1.0 - 0.025 * furrows[..., None]
+    if rng.random() < 0.3:  # freckles
+        _dots(img, rng, (size / 2, size / 2), size * 0.7, 1.0, int(rng.integers(3, 15)),
+              (0.003, 0.01), PALETTE["light_brown"], 0.35, soft=True)
+
+    # --- lesion geometry ----------------------------------------------------------------------
+    r0 = _u(rng, look["radius"]) * size
+    aspect = _u(rng, look["aspect"])
+    rot = float(rng.uniform(0, math.pi))
+    cx = size / 2 + rng.normal(0, 0.04) * size
+    cy = size / 2 + rng.normal(0, 0.04) * size
+    dx, dy = xx - cx, yy - cy
+    u = dx * math.cos(rot) + dy * math.sin(rot)
+    v = (-dx * math.sin(rot) + dy * math.cos(rot)) / aspect
+    rho = np.sqrt(u * u + v * v)
+    irr = _u(rng, look["irregularity"])
+    rad = np.ones((size, size), np.float32)
+    z = (u + 1j * v) / np.maximum(rho, 1e-6)  # exp(i theta)
+    zk = z * z
+    for k in range(2, 9):  # sum of border harmonics amp * cos(k theta + phase)
+        amp = irr * rng.uniform(0.3, 1.0) / (1.0 + 0.25 * (k - 2))
+        rad += (amp * np.exp(1j * rng.uniform(0, 2 * math.pi)) * zk).real.astype(np.float32)
+        zk = zk * z
+    rad += 0.5 * irr * _noise(rng, size, 12)  # fine border roughness
+    rad *= r0
+    inside = 1.0 - rho / rad  # 1 at the centre, 0 on the border, < 0 outside
+    edge = _u(rng, look["edge"])
+    mask = _smoothstep(inside / edge + 0.5)
+
+    feats = look["features"]
+
+    def present(name: str) -> float:
+        """Strength in [0, 1] of a structure, 0 when absent in this lesion."""
+        p = feats[name]
+        if p <= 0 or rng.random() >= p:
+            return 0.0
+        return float(np.clip(strength * rng.uniform(0.6, 1.2), 0.2, 1.0))
+
+    s_ery = present("erythema")
+    if s_ery:
+        halo = _smoothstep((1.0 - rho / (rad * rng.uniform(1.25, 1.6))) * 2.0)
+        _blend(img, PALETTE["pink"] * 0.97, 0.55 * s_ery * halo * (0.8 + 0.2 * blotch))
+
+    # --- lesion body: colour zones --------------------------------------------------------------
+    n_col = int(rng.integers(look["n_colours"][0], look["n_colours"][1] + 1))
+    colours = [_pick_colour(rng, look["colours"]) for _ in range(max(1, n_col))]
+    body = np.empty_like(img)
+    body[:] = colours[0]
+    if len(colours) > 1:
+        zone = _fbm(rng, size, (3, 6)) + 0.6 * (inside - 0.5)
+        order = np.argsort(rng.random(len(colours) - 1))
+        for j, idx in enumerate(order):
+            thr = np.quantile(zone[mask > 0.5], 0.25 + 0.45 * j / max(1, len(order))) \
+                if (mask > 0.5).any() else 0.0
+            _blend(body, colours[idx + 1], _smoothstep((zone - thr) * 2.5 + 0.5))
+    shade = 1.0 + 0.10 * _fbm(rng, size, (5, 11)) + 0.08 * _fbm(rng, size, (size // 10, size // 5))
+    shade *= 1.0 - float(rng.uniform(0.0, 0.25)) * _smoothstep(np.clip(inside, 0, 1) * 1.5)
+    body *= shade[..., None]
+    opacity = _u(rng, look["opacity"])
+    _blend(img, body, mask * opacity)
+
+    centre = (cx, cy)
+    s = present("network")
+    s_at = present("atypical_net")
+    if s or s_at:
+        _network(img, rng, np.clip(inside, 0, 1), mask, max(s, s_at),
+                 atypical=s_at / max(s, s_at))
+    if s := present("globules"):
+        _dots(img, rng, centre, r0, mask, int(4 + 18 * s), (0.006, 0.014),
+              PALETTE["dark_brown"], 0.8 * s, soft=True)
+    if s := present("black_dots"):
+        _dots(img, rng, centre, r0, mask, int(6 + 20 * s), (0.003, 0.008), PALETTE["black"],
+              0.9, peripheral=True)
+    if s := present("streaks"):
+        layer = np.zeros((size, size), np.float32)
+        t0 = rng.uniform(0, 2 * math.pi)
+        span = rng.uniform(0.8, 2 * math.pi)  # streaks occupy part of the border
+        for _ in range(int(6 + 16 * s)):
+            t = t0 + rng.uniform(0, span)
+            ln = rng.uniform(1.04, 1.18)
+            half = rng.uniform(0.012, 0.025)
+            tri = np.array([
+                (cx + 0.8 * r0 * math.cos(t - half), cy + 0.8 * r0 * math.sin(t - half)),
+                (cx + 0.8 * r0 * math.cos(t + half), cy + 0.8 * r0 * math.sin(t + half)),
+                (cx + ln * r0 * math.cos(t), cy + ln * r0 * math.sin(t)),
+            ])
+            cv2.fillPoly(layer, [np.round(tri * 4).astype(np.int32)], 1.0, cv2.LINE_AA, 2)
+        layer = cv2.GaussianBlur(layer, (0, 0), max(0.5, size / 300))
+        _blend(img, PALETTE["dark_brown"], 0.7 * np.clip(layer, 0, 1))
+    if s := present("veil"):
+        t = rng.uniform(0, 2 * math.pi)
+        c = (cx + 0.3 * r0 * math.cos(t), cy + 0.3 * r0 * math.sin(t))
+        veil = _blob(rng, size, c, r0 * rng.uniform(0.3, 0.55)) * mask
+        veil *= 0.6 + 0.4 * _fbm(rng, size, (4, 9))
+        tex = 1.0 + 0.12 * _fbm(rng, size, (size // 16, size // 8))[..., None]
+        _blend(img, PALETTE["blue_white"] * tex, 0.55 * s * veil)
+        _blend(img, PALETTE["blue_grey"], 0.25 * s * veil)
+    if s := present("regression"):
+        t = rng.uniform(0, 2 * math.pi)
+        c = (cx + 0.4 * r0 * math.cos(t), cy + 0.4 * r0 * math.sin(t))
+        reg = _blob(rng, size, c, r0 * rng.uniform(0.25, 0.45)) * mask
+        _blend(img, PALETTE["white"] * 0.92, 0.7 * s * reg)
+        _dots(img, rng, c, r0 * 0.35, reg, int(10 + 25 * s), (0.002, 0.004),
+              PALETTE["blue_grey"], 0.9)
+    if s := present("nests"):
+        layer = np.zeros((size, size), np.float32)
+        for _ in range(int(2 + 6 * s)):
+            t = rng.uniform(0, 2 * math.pi)
+            rr = math.sqrt(rng.uniform(0.0, 0.7)) * r0
+            axes = (max(1, int(r0 * rng.uniform(0.08, 0.2))), max(1, int(r0 * rng.uniform(0.05,
+                                                                                          0.12))))
+            cv2.ellipse(layer, (int(cx + rr * math.cos(t)), int(cy + rr * math.sin(t))), axes,
+                        float(rng.uniform(0, 180)), 0, 360, 1.0, -1, cv2.LINE_AA)
+        layer = cv2.GaussianBlur(layer, (0, 0), max(0.8, size / 180))
+        _blend(img, PALETTE["blue_grey"], 0.85 * s * layer * mask)
+    if s := present("central_white"):
+        cw = _blob(rng, size, (cx, cy), r0 * rng.uniform(0.3, 0.55), cells=6) * mask
+        _blend(img, PALETTE["white"], 0.85 * s * cw)
+    if s := present("lacunae"):
+        _lacunae(img, rng, centre, r0, mask)
+    if s := present("keratin"):
+        ker = _blob(rng, size, (cx, cy), r0 * rng.uniform(0.3, 0.6), cells=7) * mask
+        tex = 1.0 + 0.1 * _noise(rng, size, size // 10)[..., None]
+        _blend(img, PALETTE["yellow_white"] * tex, 0.85 * s * ker)
+    if s := present("scale"):
+        flakes = _smoothstep((_fbm(rng, size, (size // 16, size // 8)) - 0.15) * 3.0)
+        _blend(img, PALETTE["white"], 0.75 * s * flakes * _smoothstep(inside * 2 + 0.6))
+    if s := present("ulcer"):
+        t = rng.uniform(0, 2 * math.pi)
+        c = (cx + 0.3 * r0 * math.cos(t), cy + 0.3 * r0 * math.sin(t))
+        ul = _blob(rng, size, c, r0 * rng.uniform(0.15, 0.3), cells=8) * mask
+        _blend(img, PALETTE["dark_red"] * 0.8, 0.85 * s * ul)
+    if s := present("milia"):
+        _dots(img, rng, centre, r0, mask, int(3 + 10 * s), (0.006, 0.015),
+              PALETTE["yellow_white"] * 1.04, 0.9, soft=True)
+    if s := present("comedo"):
+        _dots(img, rng, centre, r0, mask, int(3 + 10 * s), (0.005, 0.012),
+              PALETTE["dark_brown"] * 1.2, 0.8)
+    if s := present("arborizing"):
+        _vessels_arborizing(img, rng, centre, r0, mask, s)
+    if s := present("dotted"):
+        n = int(10 + 40 * s)
+        _dots(img, rng, centre, r0, mask, n, (0.0025, 0.005), PALETTE["red"], 0.9)
+    # surface micro-texture (pores, skin relief) over skin and lesion: what focus blur erases
+    micro = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0),
+                             max(0.5, 0.7 * size / 256))
+    micro *= 0.025 / max(1e-6, float(micro.std()))
+    img *= 1.0 + micro[..., None]
+    return np.clip(img, 0.0, 1.0), strength
+
+
+# ---------------------------------------------------------------------------------------------
+# The view
+# ---------------------------------------------------------------------------------------------
+def _hairs(img: np.ndarray, rng: np.random.Generator) -> None:
+    size = img.shape[0]
+    layer = np.zeros((size, size), np.float32)
+    colour = PALETTE["black"] * rng.uniform(0.6, 1.6)
+    for _ in range(int(rng.integers(1, 14))):
+        # a quadratic Bezier curve crossing the field
+        p0 = rng.uniform(-0.1, 1.1, 2) * size
+        ang = rng.uniform(0, 2 * math.pi)
+        length = rng.uniform(0.3, 0.9) * size
+        p2 = p0 + length * np.array([math.cos(ang), math.sin(ang)])
+        p1 = (p0 + p2) / 2 + rng.normal(0, 0.06, 2) * length
+        t = np.linspace(0, 1, 24)[:, None]
+        pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+        w = max(1, int(round(size / 256 * rng.uniform(0.6, 1.8))))
+        cv2.polylines(layer, [np.round(pts * 4).astype(np.int32)], False, 1.0, w,
+                      cv2.LINE_AA, 2)
+    _blend(img, colour, 0.9 * np.clip(layer, 0, 1))
+
+
+def _ruler(img: np.ndarray, rng: np.random.Generator) -> None:
+    size = img.shape[0]
+    layer = np.zeros((size, size), np.float32)
+    ang = rng.uniform(0, 2 * math.pi)
+    dist = rng.uniform(0.3, 0.42) * size  # distance from the centre
+    nx, ny = math.cos(ang), math.sin(ang)  # normal direction
+    tx, ty = -ny, nx
+    cx, cy = size / 2 + dist * nx, size / 2 + dist * ny
+    spacing = size * rng.uniform(0.018, 0.03)
+    n = int(0.5 * size / spacing)
+    w = max(1, size // 256)
+    for i in range(-n, n + 1):
+        length = size * (0.05 if i % 5 == 0 else 0.025)
+        bx, by = cx + i * spacing * tx, cy + i * spacing * ty
+        cv2.line(layer, (int(bx), int(by)), (int(bx - length * nx), int(by - length * ny)), 1.0,
+                 w, cv2.LINE_AA)
+    e0 = (int(cx - n * spacing * tx), int(cy - n * spacing * ty))
+    e1 = (int(cx + n * spacing * tx), int(cy + n * spacing * ty))
+    cv2.line(layer, e0, e1, 1.0, w, cv2.LINE_AA)
+    _blend(img, PALETTE["black"], 0.85 * layer)
+
+
+def render_view(frame: np.ndarray, *, view_seed: int, hair: bool, ruler: bool,
+                vignette: bool, blur_sigma: float, jitter: bool = True) -> np.ndarray:
+    """Image the lesion frame once: pose, light, artefacts, optics and blur -> uint8 RGB."""
+    size = frame.shape[0]
+    rng = np.random.default_rng(view_seed)
+    img = frame
+    if jitter:
+        ang = float(rng.uniform(-180, 180))
+        scale = float(rng.uniform(0.9, 1.1))
+        m = cv2.getRotationMatrix2D((size / 2, size / 2), ang, scale)
+        m[:, 2] += rng.normal(0, 0.03, 2) * size
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        img = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size),
+                             flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    else:
+        img = img.copy()
+    # white balance, exposure and uneven illumination
+    img *= rng.uniform(0.93, 1.05, 3).astype(np.float32) * rng.uniform(0.9, 1.05)
+    yy, xx = np.ogrid[0:size, 0:size]
+    gx, gy = rng.normal(0, 0.08, 2)
+    r2 = ((xx - size / 2) ** 2 + (yy - size / 2) ** 2) / (size / 2) ** 2
+    light = 1.0 + gx * (xx / size - 0.5) + gy * (yy / size - 0.5) - 0.08 * r2
+    img *= light.astype(np.float32)[..., None]
+    if hair:
+        _hairs(img, rng)
+    if ruler:
+        _ruler(img, rng)
+    if vignette:
+        radius = rng.uniform(0.52, 0.72) * size
+        d = np.sqrt((xx - size / 2 - rng.normal(0, 0.02) * size) ** 2
+                     + (yy - size / 2 - rng.normal(0, 0.02) * size) ** 2).astype(np.float32)
+        field = _smoothstep((radius - d) / (0.03 * size))
+        img *= field[..., None]
+        img += (1 - field[..., None]) * 0.04
+    if blur_sigma > 0:
+        img = cv2.GaussianBlur(img, (0, 0), blur_sigma)
+    img += 0.005 * rng.standard_normal(img.shape, dtype=np.float32)  # sensor noise
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def render_lesion(label: str, *, lesion_seed: int, view_seed: int = 0, size: int = 256,
+                  mix_with: str | None = None, mix_weight: float = 0.0,
+                  blur_sigma: float = 0.0, hair: bool = False, ruler: bool = False,
+                  vignette: bool = False) -> np.ndarray:
+    """Draw one synthetic dermoscopic image.
+
+    Parameters
+    ----------
+    label : str
+        True class (an ISIC 2019 code, e.g. ``"MEL"``).
+    lesion_seed : int
+        Fixes the lesion itself (skin patch, outline, colours, structures). Images of the same
+        lesion share it.
+    view_seed : int, default 0
+        Fixes this acquisition: pose, lighting, hairs, ruler, field of view, sensor noise.
+    size : int, default 256
+        Side of the square image in pixels.
+    mix_with : str or None
+        Second class whose structures are blended in (intrinsically ambiguous lesion).
+    mix_weight : float, default 0.0
+        Weight of ``mix_with`` in [0, 0.5]; 0.5 is an even blend.
+    blur_sigma : float, default 0.0
+        Standard deviation in pixels of the Gaussian focus blur (0 = sharp).
+    hair, ruler, vignette : bool
+        Draw hairs, ruler marks, and the dermoscope's circular field of view.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(size, size, 3)`` uint8 RGB image. The same arguments give the same pixels.
+    """
+    frame, _ = _render_lesion_frame(size, label, mix_with, mix_weight, lesion_seed)
+    return render_view(frame, view_seed=view_seed, hair=hair, ruler=ruler, vignette=vignette,
+                       blur_sigma=blur_sigma)
