@@ -1,0 +1,271 @@
+"""K-fold x architecture training: run directory, OOF, resume, cancel, bad input."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skin_core.constants import prob_columns
+from skin_core.errors import ConfigError, DataError, SkinCoreError
+from skin_core.training import TrainConfig, TrainingCancelled, train_run
+from skin_core.training.checkpoint import DiskFullError
+
+COLOURS = {"A": (200, 60, 60), "B": (60, 200, 60), "C": (60, 60, 200)}
+
+
+def make_tiny_dataset(root: Path, *, per_class: int = 16, classes=COLOURS, seed: int = 0):
+    """A dataset whose class is the image colour: 40x48 PNGs, two images per lesion."""
+    from skin_core.data.tables import table_from_frame
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, n in (per_class.items() if isinstance(per_class, dict) else
+                 ((c, per_class) for c in classes)):
+        for i in range(n):
+            a = np.clip(rng.normal(COLOURS[c], 30, (40, 48, 3)), 0, 255).astype(np.uint8)
+            p = root / f"{c}_{i}.png"
+            Image.fromarray(a).save(p)
+            rows.append({"image_id": f"{c}_{i}", "path": str(p), "label": c,
+                         "lesion_id": f"L{c}{i // 2}"})
+    return table_from_frame(pd.DataFrame(rows), classes=tuple(classes), root=root)
+
+
+def tiny_config(tmp_path: Path, **kw) -> TrainConfig:
+    base = dict(archs=("test_resnet",), folds=2, epochs=2, img_size=32, batch_size=8, lr=3e-3,
+                threads=1, cache_dir=str(tmp_path / "cache"), cache_workers=1, patience=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+def test_two_fold_run_writes_the_run_directory(tiny, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(tmp_path, archs=("test_resnet", "test_efficientnet"))
+    res = train_run(tiny, out=tmp_path / "run", config=cfg)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "folds.csv", "status.json", "events.jsonl", "oof.csv",
+                 "metrics.json"):
+        assert (run / name).is_file(), name
+    oof = pd.read_csv(run / "oof.csv")
+    assert list(oof.columns) == ["image_id", "model", "arch", "fold", "label",
+                                 *prob_columns(("A", "B", "C"))]
+    assert len(oof) == 2 * 48 and set(oof["model"]) == {"test_resnet", "test_efficientnet"}
+    np.testing.assert_allclose(oof[prob_columns("ABC")].sum(axis=1), 1.0, atol=1e-5)
+    folds = pd.read_csv(run / "folds.csv")
+    merged = oof.merge(folds, on="image_id", suffixes=("", "_file"))
+    assert (merged["fold"] == merged["fold_file"]).all()  # each image predicted by its fold
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["progress"] == 1.0
+    events = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    epochs = [e for e in events if e["event"] == "epoch"]
+    assert len(epochs) == 2 * 2 * 2
+    assert {"arch", "fold", "epoch", "train_loss", "val_loss", "val_balanced_accuracy",
+            "images_per_s", "lr", "elapsed_s"} <= set(epochs[0])
+    side = json.loads((run / "members/test_resnet/fold1.json").read_text())
+    assert side["classes"] == ["A", "B", "C"] and side["preprocessing"]["input_size"] == 32
+    weights = load_file(str(run / "members/test_resnet/fold1.safetensors"))
+    assert weights["fc.weight"].shape[0] == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["test_resnet"]) >= {"balanced_accuracy", "macro_f1", "accuracy", "auc"}
+    assert res.metrics["test_resnet"]["n"] == 48
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").rglob("*.json"))
+
+
+def test_colour_is_learned_above_chance(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=4, augment=False)
+    res = train_run(tiny, out=tmp_path / "run", config=cfg)
+    assert res.metrics["test_resnet"]["balanced_accuracy"] >= 0.6  # chance is 1/3
+
+
+def test_demo_dataset_two_folds_end_to_end(tmp_path: Path) -> None:
+    synthetic = pytest.importorskip("skin_core.data.synthetic")
+    if not hasattr(synthetic, "generate_demo_dataset"):
+        pytest.skip("generate_demo_dataset not available yet")
+    from skin_core.data.tables import load_dataset
+
+    synthetic.generate_demo_dataset(tmp_path / "demo", n=160, seed=0, size=48, workers=1)
+    ds = load_dataset(f"isic2019:{tmp_path / 'demo'}")
+    k = sum(1 for c in ds.classes if (ds.table["label"] == c).any())
+    cfg = tiny_config(tmp_path, epochs=1, img_size=32, batch_size=16)
+    res = train_run(ds, out=tmp_path / "run", config=cfg)
+    oof = pd.read_csv(res.oof_path)
+    assert len(oof) == len(ds.table) and k >= 2
+    assert set(oof["image_id"]) == set(ds.table["image_id"])
+
+
+def _crash_after(n: int):
+    calls = {"n": 0}
+
+    def hook(step: int) -> None:
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise RuntimeError("simulated crash")
+
+    return hook
+
+
+def test_kill_and_resume_equals_uninterrupted_run(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=3)
+    full = train_run(tiny, out=tmp_path / "full", config=cfg)
+    # fold 0 has 3 epochs x 3 batches = 9 steps; crash in fold 1, epoch 1.
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(tiny, out=tmp_path / "cut", config=cfg, batch_hook=_crash_after(9 + 4))
+    cut = tmp_path / "cut"
+    assert json.loads((cut / "status.json").read_text())["state"] == "failed"
+    assert not (cut / "oof.csv").exists()
+    assert (cut / "members/test_resnet/fold0.json").is_file()
+    ckpt = json.loads((cut / "checkpoints/test_resnet/fold1/last.json").read_text())
+    assert ckpt["epoch"] == 0
+    trained = []
+    res = train_run(tiny, out=cut, config=cfg, resume=True,
+                    batch_hook=lambda step: trained.append(step))
+    assert min(trained) == 3  # fold 0 skipped; fold 1 restarted at epoch 1 (step 3)
+    a = pd.read_csv(full.oof_path)
+    b = pd.read_csv(res.oof_path)
+    assert a[["image_id", "model", "fold", "label"]].equals(b[["image_id", "model", "fold",
+                                                                "label"]])
+    np.testing.assert_allclose(a[prob_columns("ABC")], b[prob_columns("ABC")], atol=1e-5)
+    assert json.loads((cut / "status.json").read_text())["state"] == "finished"
+
+
+def test_cancel_file_stops_between_batches_and_resume_finishes(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path)
+    run = tmp_path / "run"
+
+    def cancel_at(step: int) -> None:
+        if step == 4:
+            (run / "cancel").write_text("now")
+
+    with pytest.raises(TrainingCancelled, match="--resume"):
+        train_run(tiny, out=run, config=cfg, batch_hook=cancel_at)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "cancelled" and not (run / "oof.csv").exists()
+    res = train_run(tiny, out=run, config=cfg, resume=True)  # clears the cancel request
+    assert len(pd.read_csv(res.oof_path)) == 48
+
+
+def test_several_seeds_give_member_ids(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=1, seeds=(0, 1))
+    res = train_run(tiny, out=tmp_path / "run", config=cfg)
+    assert set(res.metrics) == {"test_resnet@s0", "test_resnet@s1"}
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_unknown_arch_is_refused_before_anything_is_written(tiny, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'resnet18'"):
+        train_run(tiny, out=tmp_path / "run", config=tiny_config(tmp_path, archs=("resnet-18",)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_image_size_too_small(tiny, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="too small for 'test_resnet'"):
+        train_run(tiny, out=tmp_path / "run", config=tiny_config(tmp_path, img_size=16))
+
+
+def test_folds_file_that_does_not_match_the_dataset(tiny, tmp_path: Path) -> None:
+    bad = tmp_path / "folds.csv"
+    pd.DataFrame({"image_id": ["A_0", "zzz"], "fold": [0, 1]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match="'zzz' is not in the dataset"):
+        train_run(tiny, out=tmp_path / "run", config=tiny_config(tmp_path), folds=bad)
+    three = tmp_path / "three.csv"
+    ids = tiny.table["image_id"]
+    lesion_fold = {les: i % 3 for i, les in enumerate(tiny.table["lesion_id"].unique())}
+    pd.DataFrame({"image_id": ids, "fold": tiny.table["lesion_id"].map(lesion_fold)}).to_csv(
+        three, index=False)
+    with pytest.raises(DataError, match=r"run asks for 2 folds.*--folds 3"):
+        train_run(tiny, out=tmp_path / "run", config=tiny_config(tmp_path), folds=three)
+    assert not (tmp_path / "run").exists()
+
+
+def test_class_with_fewer_images_than_folds(tmp_path: Path) -> None:
+    ds = make_tiny_dataset(tmp_path / "d", per_class={"A": 8, "B": 8, "C": 2})
+    with pytest.raises(DataError, match=r"Class C \(2 images\) has fewer images than the 3 "):
+        train_run(ds, out=tmp_path / "run", config=tiny_config(tmp_path, folds=3))
+
+
+def test_out_of_disk_while_saving_leaves_nothing_half_written(
+        tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(DiskFullError, match="No space left on the device while writing"):
+        train_run(tiny, out=run, config=tiny_config(tmp_path, epochs=1))
+    leftovers = [p for p in run.rglob("*") if p.is_file() and (
+        p.suffix in (".tmp", ".safetensors") or p.name.endswith(".oof.csv"))]
+    assert leftovers == []
+    assert not (run / "oof.csv").exists()
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+
+
+def test_checkpoint_with_other_classes_is_refused_on_resume(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=2)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        train_run(tiny, out=run, config=cfg, batch_hook=_crash_after(4))
+    side = run / "checkpoints/test_resnet/fold0/last.json"
+    state = json.loads(side.read_text())
+    state["classes"] = ["MEL", "NV", "BCC"]
+    side.write_text(json.dumps(state))
+    with pytest.raises(ConfigError, match=r"made for classes \['MEL', 'NV', 'BCC'\]"):
+        train_run(tiny, out=run, config=cfg, resume=True)
+
+
+def test_resume_with_another_dataset_is_refused(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=1)
+    train_run(tiny, out=tmp_path / "run", config=cfg)
+    other = make_tiny_dataset(tmp_path / "o", classes={"A": 0, "B": 0})
+    with pytest.raises(ConfigError, match="made for classes"):
+        train_run(other, out=tmp_path / "run", config=cfg, resume=True)
+    with pytest.raises(ConfigError, match="already holds a run; pass --resume"):
+        train_run(tiny, out=tmp_path / "run", config=cfg)
+
+
+def test_bad_options_are_one_sentence() -> None:
+    with pytest.raises(ConfigError, match="'folds' training option must be an integer >= 2"):
+        TrainConfig(folds=1)
+    with pytest.raises(SkinCoreError, match="'backend'"):
+        TrainConfig(backend="slurm")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_json_and_config_file(tiny, tmp_path: Path, capsys) -> None:
+    from skin_core.cli import main
+
+    table = tiny.table[["image_id", "path", "label", "lesion_id"]]
+    table.to_csv(tmp_path / "ds.csv", index=False)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"dataset: csv:{tmp_path / 'ds.csv'}\ntrain:\n  folds: 2\n  epochs: 1\n"
+                   f"  img_size: 32\n  batch_size: 8\n  threads: 1\n"
+                   f"  cache_dir: {tmp_path / 'cache'}\n")
+    rc = main(["train", "--config", str(cfg), "--arch", "test_resnet", "--out",
+               str(tmp_path / "run"), "--json", "--no-progress"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["oof_path"].endswith("oof.csv") and "balanced_accuracy" in out["metrics"][
+        "test_resnet"]
+    rc = main(["train", "--config", str(cfg), "--arch", "efficientnet_bo", "--out",
+               str(tmp_path / "run2")])
+    assert rc == 2
+    assert "did you mean 'efficientnet_b0'" in capsys.readouterr().err
