@@ -379,6 +379,28 @@ def test_cli_writes_difficulty_and_significance(tmp_path, cli, capsys):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_cli_ground_truth_option(tmp_path, cli, capsys):
+    oof = _correlated_oof(tmp_path, n=60)
+    ids = [f"ISIC_{i:07d}" for i in range(60)]
+    truth = pd.DataFrame({"image_id": ids, "is_ambiguous": np.arange(60) % 3 == 0,
+                          "is_mislabeled": np.arange(60) % 7 == 0, "is_blurred": False})
+    truth.to_csv(tmp_path / "generation_truth.csv", index=False)
+    out = tmp_path / "out"
+    rc = cli(["difficulty", "--oof", str(oof), "--out", str(out), "--permutations", "50",
+              "--truth", str(tmp_path / "generation_truth.csv"), "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "ground_truth_check.json").read_text())
+    table = pd.read_csv(out / "difficulty.csv")
+    assert saved["n_images"] == 60
+    assert saved["n_difficult"] == int((table["group"] == "difficult").sum())
+    assert saved["is_ambiguous"]["n_flagged"] == 20
+    assert summary["ground_truth_check"]["is_mislabeled"]["n_flagged"] == 9
+    rc = cli(["difficulty", "--oof", str(oof), "--out", str(out), "--truth",
+              str(tmp_path / "missing.csv")])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
 def test_cli_bad_input_exits_2_with_one_sentence(tmp_path, cli, capsys):
     oof = _correlated_oof(tmp_path)
     df = pd.read_csv(oof)

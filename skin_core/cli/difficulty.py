@@ -1,7 +1,8 @@
 """``skin-core difficulty``: consistently misclassified images and their significance.
 
 Reads an ``oof.csv`` and writes ``DIR/difficulty.csv`` and ``DIR/significance.json`` (and
-``DIR/quality_vs_difficulty.json`` with ``--quality``); ``--json`` prints a summary (counts
+``DIR/quality_vs_difficulty.json`` with ``--quality``, ``DIR/ground_truth_check.json`` with
+``--truth`` on the demo data); ``--json`` prints a summary (counts
 per group, significance, the kappa matrix of the models' errors).
 """
 
@@ -42,6 +43,9 @@ def register(subparsers: Any) -> None:
                    help="keep only the images every model scored (default: error)")
     p.add_argument("--quality", default=None, metavar="quality.csv",
                    help="also compare image quality of difficult vs control images")
+    p.add_argument("--truth", default=None, metavar="generation_truth.csv",
+                   help="demo data only: precision/recall of 'difficult' for the generator's "
+                   "ambiguous, mislabeled and blurred images (ground_truth_check.json)")
     add_json_option(p)
     p.set_defaults(handler=run)
 
@@ -53,13 +57,23 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from skin_core.analysis.difficulty import compute_difficulty, error_consistency, read_oof
+    from skin_core.analysis.difficulty import (
+        compute_difficulty,
+        error_consistency,
+        ground_truth_check,
+        read_oof,
+    )
     from skin_core.analysis.significance import consistent_error_significance
     from skin_core.errors import ConfigError, DataError
     from skin_core.io import atomic_write_csv, atomic_write_json
 
     if args.permutations < 1:
         raise ConfigError(f"--permutations must be a positive integer; got {args.permutations}.")
+    for option, value, hint in (("--quality", args.quality, "'skin-core quality'"),
+                                ("--truth", args.truth, "'skin-core demo-data'")):
+        if value and not Path(value).is_file():
+            raise DataError(f"The {option} file {value} does not exist; it is written by "
+                            f"{hint}.")
     out = Path(args.out)
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     steps = ["read OOF", "difficulty", "significance", "write"]
@@ -102,20 +116,27 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--quality needs skin_core.analysis.quality (compare_quality), "
                               "which this installation lacks; run without --quality.") from e
         qpath = Path(args.quality)
-        if not qpath.is_file():
-            raise DataError(f"Quality file {qpath} does not exist; write it with "
-                            f"'skin-core quality'.")
         try:
             quality_df = pd.read_csv(qpath, dtype={"image_id": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"Quality file {qpath} cannot be read as CSV ({e}).") from e
         quality_result = compare_quality(quality_df, table, seed=args.seed)
         bar.update()
+    truth_result = None
+    if args.truth:
+        tpath = Path(args.truth)
+        try:
+            truth_df = pd.read_csv(tpath, dtype={"image_id": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise DataError(f"Generation truth file {tpath} cannot be read as CSV ({e}).") from e
+        truth_result = ground_truth_check(table, truth_df)
     step("write")
     atomic_write_csv(out / "difficulty.csv", table)
     atomic_write_json(out / "significance.json", sig_dict)
     if quality_result is not None:
         atomic_write_json(out / "quality_vs_difficulty.json", quality_result)
+    if truth_result is not None:
+        atomic_write_json(out / "ground_truth_check.json", truth_result)
     bar.update()
     bar.close()
 
@@ -134,8 +155,11 @@ def run(args: argparse.Namespace) -> int:
             "log10_p_value_exact", "p_value_permutation", "n_permutations", "seed")},
         "kappa": _kappa_dict(kappa),
         "files": [str(out / "difficulty.csv"), str(out / "significance.json")]
-        + ([str(out / "quality_vs_difficulty.json")] if quality_result is not None else []),
+        + ([str(out / "quality_vs_difficulty.json")] if quality_result is not None else [])
+        + ([str(out / "ground_truth_check.json")] if truth_result is not None else []),
     }
+    if truth_result is not None:
+        summary["ground_truth_check"] = truth_result
     if quality_result is not None:
         summary["quality_vs_difficulty"] = quality_result
     if args.json:
