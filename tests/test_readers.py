@@ -366,6 +366,8 @@ def test_groups_cnn_and_outputs(tmp_path):
     assert {"name", "effect", "ci", "p_value", "method"} <= set(js["tests"][0])
     md = paths["markdown"].read_text()
     assert "| test | effect | CI |" in md and "IGNORES" in md
+    glmm_row = next(line for line in md.splitlines() if "crossed GLMM" in line)
+    assert "(1\\|reader)" in glmm_row and glmm_row.replace("\\|", "").count("|") == 8
     assert pd.read_csv(paths["images"]).shape[0] == 30
 
 

@@ -1089,6 +1089,11 @@ def _fmt_p(p: Any) -> str:
     return f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
 
 
+def _cell(x: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
 def render_markdown(study: ReaderStudy) -> str:
     """A readable report (``readers.md``): inputs, per-group tables, readers and tests."""
     s = study.summary
@@ -1114,7 +1119,7 @@ def render_markdown(study: ReaderStudy) -> str:
         c = g["consensus"]
         cnn = g.get("cnn")
         lines.append(
-            f"| {name} | {g['n_images']} ({g['n_unread']}) | {g['n_readings']} | "
+            f"| {_cell(name)} | {g['n_images']} ({g['n_unread']}) | {g['n_readings']} | "
             f"{g['n_readers']} | {_fmt(g['pooled_accuracy'], True)}"
             f"{_fmt_ci(g['pooled']['ci'], True)} | {_fmt(c['accuracy'], True)}"
             f"{_fmt_ci(c['ci'], True)} | {c['n']} ({c['n_ties']}, "
@@ -1138,7 +1143,7 @@ def render_markdown(study: ReaderStudy) -> str:
         for name in names:
             st = s["groups"][name]["readers"].get(r)
             cells.append(f"{_fmt(st['accuracy'], True)} ({st['n']})" if st else "-")
-        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_cell(r)} | " + " | ".join(cells) + " |")
     cnn_models = {n: g["cnn"].get("models") for n, g in s["groups"].items()
                   if g.get("cnn") and g["cnn"].get("models")}
     if cnn_models:
@@ -1150,16 +1155,16 @@ def render_markdown(study: ReaderStudy) -> str:
             for name in names:
                 st = (cnn_models.get(name) or {}).get(m)
                 cells.append(f"{_fmt(st['accuracy'], True)} ({st['n']})" if st else "-")
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_cell(m)} | " + " | ".join(cells) + " |")
     lines += ["", "## Tests between groups", ""]
     if s["tests"]:
         lines += ["| test | effect | CI | statistic | p | method | assumes |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for t in s["tests"]:
             lines.append(
-                f"| {t['name']} | {_fmt(t['effect'])} | {_fmt_ci(t['ci']).strip()} | "
-                f"{_fmt(t['statistic'])} | {_fmt_p(t['p_value'])} | {t['method']} | "
-                f"{t['assumptions']} |"
+                f"| {_cell(t['name'])} | {_fmt(t['effect'])} | {_fmt_ci(t['ci']).strip()} | "
+                f"{_fmt(t['statistic'])} | {_fmt_p(t['p_value'])} | {_cell(t['method'])} | "
+                f"{_cell(t['assumptions'])} |"
             )
         lines += ["", "Effects are differences (first group minus second) unless the test says "
                   "log odds ratio. The two-way cluster bootstrap and the image permutation test "
