@@ -275,9 +275,8 @@ def oof_from_frame(
 
     probs = _probabilities(df, classes, source, model_ids, image_ids, renormalize)
 
-    class_index = {c: k for k, c in enumerate(classes)}
-    label_codes = pd.Series(label_str).map(class_index)
-    bad = label_codes.isna().to_numpy()
+    label_codes = pd.Index(list(classes)).get_indexer(label_str).astype(np.int64)
+    bad = label_codes < 0
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         others = sorted(set(label_str[bad]))
@@ -286,12 +285,11 @@ def oof_from_frame(
                         f"{', '.join(classes)} ({int(bad.sum())} row(s) with label(s) "
                         f"{', '.join(map(repr, others[:5]))}); fix the labels or pass the "
                         f"matching classes.")
-    label_codes = label_codes.to_numpy(dtype=np.int64)
 
     img_codes, img_uniques = pd.factorize(pd.Series(image_ids))
     n_img = len(img_uniques)
-    first_label = np.full(n_img, -1, dtype=np.int64)
-    first_label[img_codes[::-1]] = label_codes[::-1]  # first occurrence wins
+    _, first_row = np.unique(img_codes, return_index=True)  # first row of each image
+    first_label = label_codes[first_row]
     conflict = first_label[img_codes] != label_codes
     if conflict.any():
         pos = int(np.flatnonzero(conflict)[0])

@@ -598,7 +598,7 @@ def permutation_test(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SignificanceResult:
     """Both tests for "wrong by all models" (and for ``min_wrong`` when it is below ``M``).
 
