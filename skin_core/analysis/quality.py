@@ -1,0 +1,986 @@
+"""Image-quality measures (blur first) and their comparison between difficult and control images.
+
+Per image (:func:`measure_quality` on a decoded array, :func:`compute_quality` on many files):
+
+============================  ==============================================================
+column                        definition
+============================  ==============================================================
+``width``, ``height``         decoded size in pixels (after the EXIF orientation is applied)
+``laplacian_var_full``        variance of the 3x3 Laplacian of the **full-resolution** grey
+                              image (0-255 units): the study's measure, so its figures compare
+``laplacian_var``             the same on the grey image resized (area) to a long side of at
+                              most ``long_side`` (default 256; never upscaled): resolution-
+                              normalised sharpness
+``wavelet_detail_energy``     level-1 Haar detail energy per pixel (``cH**2 + cV**2 + cD**2``
+                              summed, divided by the pixel count; equals PyWavelets'
+                              ``dwt2(grey, "haar", mode="periodization")`` on an even crop)
+``wavelet_ratio``             Haar detail energy at level 2 divided by level 3: how much
+                              structure survives at 2-4 px relative to 4-8 px. Independent of
+                              contrast, it falls as blur removes fine detail
+``fft_hf_ratio``              fraction of the power spectrum (Hann-windowed, mean-removed,
+                              centre square crop of up to 64x64 px of that image) at radial
+                              frequencies above ``0.25`` cycles/pixel (half the Nyquist
+                              frequency), i.e. energy **outside** a low-frequency radius of the
+                              shifted spectrum. It rises with sharpness. (The study took the
+                              centre of the shifted spectrum: the low frequencies.)
+``brightness``                mean grey level / 255, in [0, 1]
+``contrast``                  RMS contrast: standard deviation of grey / 255, in [0, 0.5]
+``entropy``                   Shannon entropy of the 256-bin grey histogram (of every second
+                              pixel in each direction), bits, in [0, 8]
+``vignette``                  ``1 - mean(corners) / mean(edge middles)`` of the grey image
+                              (squares of 1/8 of the short side in the four corners and at the
+                              middle of the four sides, away from a centred lesion): the dark
+                              round field of a dermatoscope gives values near 1, none about 0
+``blur_score``                in [0, 1], lower = blurrier (as in cleanvision), see below
+``is_blurry``                 ``blur_score < BLURRY_THRESHOLD`` (0.5)
+``error``                     empty when the image was measured, otherwise why not (the row is
+                              kept with missing measures; an image is never dropped)
+============================  ==============================================================
+
+``blur_score`` is a logistic model of two resolution-normalised, log-transformed sharpness
+measures::
+
+    blur_score = 1 / (1 + exp(-(B0 + B1 * log(laplacian_var + 1e-3)
+                                 + B2 * log(wavelet_ratio))))
+
+The constants were calibrated once, by ``bench/calibrate_blur.py``, as a logistic regression
+of "original" against "blurred with a Gaussian of sigma 2 or 4 px" on 600 real HAM10000 images
+(200x150 px, odd-numbered ISIC ids; the realdata test uses even-numbered ones), each also
+re-encoded as JPEG (quality 75) so compression does not pass for sharpness. So ``blur_score``
+reads as the probability that an image is as sharp as an ordinary dermoscopic image rather than
+one blurred by 2 px at a 256-px long side, and ``is_blurry`` (``blur_score < 0.5``) is that
+model's decision boundary. ``laplacian_var`` carries the sharpness, ``wavelet_ratio`` (a ratio
+of scales, free of contrast) keeps low-contrast but sharp lesions from being called blurry.
+
+Quality versus difficulty (:func:`compare_quality`): Mann-Whitney U, Cliff's delta with its
+asymptotic CI (Cliff 1993, Feng & Cliff 2004), a bootstrap CI of the median difference, and a
+logistic model of difficulty on standardised measures with the class as a covariate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from skin_core.analysis.records import TestResult
+from skin_core.constants import (
+    GROUP_CONTROL,
+    GROUP_DIFFICULT,
+    IMAGE_EXTENSIONS,
+    IMAGE_ID,
+    LABEL,
+    MAX_IMAGE_PIXELS,
+)
+from skin_core.errors import ConfigError, DataError, SkinCoreError
+
+#: Default long side (pixels) of the resolution-normalised grey image.
+LONG_SIDE = 256
+
+#: ``is_blurry`` is ``blur_score < BLURRY_THRESHOLD``.
+BLURRY_THRESHOLD = 0.5
+
+#: Radial frequency (cycles/pixel; Nyquist = 0.5) above which ``fft_hf_ratio`` counts energy.
+FFT_HF_RADIUS = 0.25
+
+#: Largest side of the centre square on which ``fft_hf_ratio`` is computed (power of two).
+FFT_SIDE = 64
+
+# blur_score = sigmoid(B0 + B1 * log(laplacian_var + 1e-3) + B2 * log(wavelet_ratio)).
+# Fitted by bench/calibrate_blur.py (sklearn LogisticRegression, C=1) on 600 real HAM10000
+# images (odd ISIC ids, seed 0): originals (y=1) against Gaussian sigma 2 and 4 px blurs (y=0),
+# each decoded as-is and after a JPEG quality-75 round trip. Re-run that script to re-derive.
+BLUR_B0 = -8.49
+BLUR_B1 = 5.18
+BLUR_B2 = 3.70
+
+#: Measure columns, in output order (``blur_score`` and ``is_blurry`` follow).
+MEASURES: tuple[str, ...] = (
+    "width",
+    "height",
+    "laplacian_var_full",
+    "laplacian_var",
+    "wavelet_detail_energy",
+    "wavelet_ratio",
+    "fft_hf_ratio",
+    "brightness",
+    "contrast",
+    "entropy",
+    "vignette",
+)
+
+#: Measures compared between difficult and control images by default (sizes excluded).
+COMPARE_MEASURES: tuple[str, ...] = MEASURES[2:] + ("blur_score",)
+
+#: Covariates of the default logistic model of difficulty (non-redundant, standardised).
+MODEL_MEASURES: tuple[str, ...] = ("blur_score", "brightness", "contrast", "entropy")
+
+QUALITY_COLUMNS: tuple[str, ...] = (IMAGE_ID, *MEASURES, "blur_score", "is_blurry", "error")
+
+_EPS_LAP = 1e-3
+_EPS_WAVELET = 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# one image
+
+
+def blur_score_from(laplacian_var: float, wavelet_ratio: float) -> float:
+    """``blur_score`` in [0, 1] (lower = blurrier) from the two normalised sharpness measures."""
+    if not (math.isfinite(laplacian_var) and math.isfinite(wavelet_ratio)):
+        return float("nan")
+    z = (
+        BLUR_B0
+        + BLUR_B1 * math.log(max(laplacian_var, 0.0) + _EPS_LAP)
+        + BLUR_B2 * math.log(max(wavelet_ratio, _EPS_WAVELET))
+    )
+    if z < -700:
+        return 0.0
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+@lru_cache(maxsize=8)
+def _fft_plan(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hann window and per-slot weights of OpenCV's packed (CCS) real spectrum, ``side`` even.
+
+    ``cv2.dft`` of a real ``side x side`` image packs the half-spectrum as real numbers (CCS:
+    see the OpenCV ``dft`` documentation). Each slot holds the real or imaginary part of one
+    frequency ``(fy, fx)``; its weight is 1 where that frequency lies outside the radius
+    :data:`FFT_HF_RADIUS` times its multiplicity in the full spectrum (2 for a frequency that
+    also stands for its conjugate mirror, 1 for self-conjugate ones), else 0. Then
+    ``sum(weights * ccs**2)`` is the full spectrum's energy outside the radius.
+    """
+    n = side
+    window = np.outer(np.hanning(n), np.hanning(n)).astype(np.float32)
+    f = np.fft.fftfreq(n)
+
+    def w(fy: float, fx: float, mult: float) -> float:
+        return mult if fy * fy + fx * fx > FFT_HF_RADIUS**2 else 0.0
+
+    weights = np.zeros((n, n), dtype=np.float32)
+    for j in range(n):  # inner columns: frequencies (j, l), l = 1 .. n/2 - 1, and mirrors
+        for ll in range(1, n // 2):
+            weights[j, 2 * ll - 1] = weights[j, 2 * ll] = w(f[j], ll / n, 2.0)
+    for col, fx in ((0, 0.0), (n - 1, 0.5)):  # first / last column: fx = 0 and Nyquist
+        weights[0, col] = w(0.0, fx, 1.0)
+        for k in range(1, n // 2):
+            weights[2 * k - 1, col] = weights[2 * k, col] = w(k / n, fx, 2.0)
+        weights[n - 1, col] = w(0.5, fx, 1.0)
+    return window, weights
+
+
+def _fft_hf_ratio(grey: np.ndarray) -> float:
+    """Fraction of spectral energy above ``FFT_HF_RADIUS`` cycles/pixel (centre square crop)."""
+    h, w = grey.shape
+    side = min(FFT_SIDE, 1 << (min(h, w).bit_length() - 1))
+    if side < 8:
+        return float("nan")
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    window, weights = _fft_plan(side)
+    crop = grey[y0: y0 + side, x0: x0 + side].astype(np.float32)
+    crop -= np.float32(cv2.mean(crop)[0])
+    x = cv2.multiply(crop, window)
+    total = cv2.norm(x, cv2.NORM_L2SQR) * (side * side)  # Parseval; the DC term is ~0
+    if total <= 0:
+        return 0.0
+    ccs = cv2.dft(x)
+    high = float(cv2.multiply(ccs, ccs).ravel() @ weights.ravel())
+    return min(1.0, high / total)
+
+
+def _sq_mean(a: np.ndarray) -> float:
+    return cv2.norm(a, cv2.NORM_L2SQR) / a.size
+
+
+def _haar_detail_energies(g32: np.ndarray, levels: int = 3) -> list[float]:
+    """Per-pixel Haar detail energy at levels 1..``levels`` (orthonormal Haar).
+
+    With ``m_0 = x`` and ``m_k`` the 2x2 block means of ``m_{k-1}``, the level-k detail energy
+    per original pixel is ``mean(m_{k-1}**2) - mean(m_k**2)`` (Parseval for the Haar basis).
+    ``g32`` must have sides divisible by ``2**levels``.
+    """
+    m = g32
+    prev = _sq_mean(m)
+    out = []
+    for _ in range(levels):
+        m = cv2.resize(m, (m.shape[1] // 2, m.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        cur = _sq_mean(m)
+        out.append(max(prev - cur, 0.0))
+        prev = cur
+    return out
+
+
+def _laplacian_var(grey: np.ndarray) -> float:
+    lap = cv2.Laplacian(grey, cv2.CV_16S)  # exact for uint8 input
+    mean = cv2.mean(lap)[0]
+    return max(cv2.norm(lap, cv2.NORM_L2SQR) / lap.size - mean * mean, 0.0)
+
+
+def _measure_grey(grey_full: np.ndarray, long_side: int) -> tuple[float, ...]:
+    """The unchecked core: values in ``MEASURES`` order, then ``blur_score``.
+
+    ``grey_full`` is a C-contiguous ``(H, W) uint8`` grey image of at least 8x8 pixels.
+    """
+    h, w = grey_full.shape
+    lap_full = _laplacian_var(grey_full)
+    scale = long_side / max(h, w)
+    if scale < 1.0:
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        grey = cv2.resize(grey_full, size, interpolation=cv2.INTER_AREA)
+        lap = _laplacian_var(grey)
+    else:
+        grey, lap = grey_full, lap_full
+    gh, gw = grey.shape
+    mean, sd = cv2.meanStdDev(grey)
+    mu, sigma = float(mean[0, 0]), float(sd[0, 0])
+    h8, w8 = gh // 8 * 8, gw // 8 * 8
+    d1, d2, d3 = _haar_detail_energies(grey[:h8, :w8].astype(np.float32))
+    wavelet_ratio = (d2 + _EPS_WAVELET) / (d3 + _EPS_WAVELET)
+    hf = _fft_hf_ratio(grey)
+    sub = grey[::2, ::2]  # every 4th pixel estimates the histogram well enough, at 1/4 cost
+    hist = cv2.calcHist([sub], [0], None, [256], [0, 256]).ravel()
+    p = hist[hist > 0] / sub.size
+    entropy = float(-(p @ np.log2(p)))
+    c = max(1, min(gh, gw) // 8)
+    y2, x2 = (gh - c) // 2, (gw - c) // 2
+    corners = (
+        cv2.mean(grey[:c, :c])[0] + cv2.mean(grey[:c, gw - c:])[0]
+        + cv2.mean(grey[gh - c:, :c])[0] + cv2.mean(grey[gh - c:, gw - c:])[0]
+    )
+    sides = (
+        cv2.mean(grey[:c, x2: x2 + c])[0] + cv2.mean(grey[gh - c:, x2: x2 + c])[0]
+        + cv2.mean(grey[y2: y2 + c, :c])[0] + cv2.mean(grey[y2: y2 + c, gw - c:])[0]
+    )
+    vignette = 1.0 - corners / sides if sides > 0 else 0.0
+    score = blur_score_from(lap, wavelet_ratio)
+    return (
+        float(w), float(h), lap_full, lap, d1, wavelet_ratio, hf,
+        mu / 255.0, sigma / 255.0, entropy, vignette, score,
+    )
+
+
+def _to_grey(rgb: np.ndarray) -> np.ndarray:
+    if rgb.ndim == 2:
+        return np.ascontiguousarray(rgb)
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
+def _check_long_side(long_side: int) -> int:
+    if isinstance(long_side, bool) or not isinstance(long_side, (int, np.integer)) \
+            or long_side < 16:
+        raise ConfigError(
+            f"The 'long_side' parameter must be an integer >= 16 (pixels); got {long_side!r}."
+        )
+    return int(long_side)
+
+
+def measure_quality(rgb: np.ndarray, *, long_side: int = LONG_SIDE) -> dict[str, float]:
+    """Every quality measure of one decoded image.
+
+    Parameters
+    ----------
+    rgb:
+        ``(H, W, 3)`` RGB or ``(H, W)`` grey ``uint8`` array, e.g. from
+        :func:`skin_core.data.images.read_image`. At least 8x8 pixels.
+    long_side:
+        Long side (pixels) of the resolution-normalised grey image used by every measure
+        except ``laplacian_var_full`` (larger images are area-downscaled, smaller ones are
+        used as they are).
+
+    Returns
+    -------
+    dict
+        ``{measure: value}`` for every name in :data:`MEASURES`, plus ``blur_score`` (float in
+        [0, 1], lower = blurrier) and ``is_blurry`` (``blur_score < 0.5``, as 1.0 / 0.0).
+
+    Raises
+    ------
+    SkinCoreError
+        ``rgb`` is not a ``uint8`` image array of that shape.
+
+    Example
+    -------
+    >>> q = measure_quality(np.full((64, 64, 3), 128, np.uint8))
+    >>> q["is_blurry"], round(q["brightness"], 3)
+    (1.0, 0.502)
+    """
+    long_side = _check_long_side(long_side)
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8:
+        found = rgb.dtype if isinstance(rgb, np.ndarray) else type(rgb).__name__
+        raise SkinCoreError(
+            f"measure_quality expects a uint8 image array (as read_image returns); got {found}."
+        )
+    if not (rgb.ndim == 2 or (rgb.ndim == 3 and rgb.shape[2] == 3)) or min(rgb.shape[:2]) < 8:
+        raise SkinCoreError(
+            "measure_quality expects an (H, W, 3) RGB or (H, W) grey array of at least 8x8 "
+            f"pixels; got shape {rgb.shape}."
+        )
+    values = _measure_grey(_to_grey(rgb), long_side)
+    out = dict(zip((*MEASURES, "blur_score"), values, strict=True))
+    out["is_blurry"] = float(out["blur_score"] < BLURRY_THRESHOLD)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# many images
+
+
+def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files (by extension, recursively, sorted) under ``folder``.
+
+    Raises
+    ------
+    DataError
+        ``folder`` does not exist or holds no image file.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"Image folder {root} does not exist; pass a folder of images.")
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise DataError(
+            f"Image folder {root} holds no image files (expected {', '.join(IMAGE_EXTENSIONS)}); "
+            "check the path."
+        )
+    return files
+
+
+def _as_items(paths_or_table: Any) -> tuple[list[str], list[str]]:
+    """``(image_ids, paths)`` from a Dataset, a DataFrame with ``path``, or a list of paths."""
+    table = getattr(paths_or_table, "table", paths_or_table)
+    if isinstance(table, pd.DataFrame):
+        if "path" not in table.columns:
+            raise DataError(
+                "compute_quality needs a table with a 'path' column (and ideally 'image_id'); "
+                f"found columns {list(table.columns)}."
+            )
+        paths = [str(p) for p in table["path"]]
+        if IMAGE_ID in table.columns:
+            ids = [str(i) for i in table[IMAGE_ID]]
+        else:
+            ids = [Path(p).stem for p in paths]
+    elif isinstance(table, (str, os.PathLike)):
+        paths = [str(p) for p in list_image_files(table)]
+        ids = [Path(p).stem for p in paths]
+    elif isinstance(table, Iterable):
+        paths = [os.fspath(p) for p in table]
+        ids = [Path(p).stem for p in paths]
+    else:
+        raise DataError(
+            "compute_quality expects a list of image paths, a folder, a DataFrame with a 'path' "
+            f"column or a Dataset; got {type(paths_or_table).__name__}."
+        )
+    if not paths:
+        raise DataError("compute_quality was given no images; pass at least one image path.")
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise DataError(
+                f"Image id {i!r} occurs more than once in the images to measure; give every "
+                "image a distinct id (file name) so quality rows can be joined."
+            )
+        seen.add(i)
+    return ids, paths
+
+
+_N_VALUES = len(MEASURES) + 1
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """``(height, width, components)`` from a JPEG's frame header, or None if not a plain JPEG.
+
+    Walks the marker segments from SOI to the first SOF; any irregularity gives None (the
+    caller then uses the safe decoder).
+    """
+    if len(data) < 4 or data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2: i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if i + 10 > n:
+                return None
+            h = int.from_bytes(data[i + 5: i + 7], "big")
+            w = int.from_bytes(data[i + 7: i + 9], "big")
+            return h, w, data[i + 9]
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            return None
+        i += 2 + length
+    return None
+
+
+def read_grey(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Decode ``path`` to an upright ``(H, W) uint8`` grey image (ITU-R 601 luma).
+
+    A fast path for plain JPEGs decodes only the luma channel with OpenCV (about twice as fast
+    as a full RGB decode with Pillow, which is what makes :func:`compute_quality` cheap). It is
+    taken only when the file is a JPEG whose frame header declares 1 or 3 components and at
+    most ``max_pixels`` pixels (checked before decoding), that ends with the end-of-image
+    marker (so it is not truncated), and that OpenCV decodes (applying the EXIF orientation)
+    to the declared size. Everything else goes through
+    :func:`~skin_core.data.images.read_image` (every format and mode, EXIF orientation,
+    decompression-bomb and truncation checks), then to grey. Both give the same pixels up to
+    +-1 grey level of rounding.
+
+    Raises
+    ------
+    ImageError
+        As :func:`~skin_core.data.images.read_image`: missing, empty, not an image, truncated
+        or corrupt, or larger than ``max_pixels``.
+    """
+    from skin_core.data.images import read_image
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        frame = _jpeg_frame(data)
+        if (
+            frame is not None and frame[2] in (1, 3) and 0 < frame[0] * frame[1] <= max_pixels
+            and data.rstrip(b"\0\r\n ")[-2:] == b"\xff\xd9"
+        ):
+            grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+            if grey is not None and grey.shape in ((frame[0], frame[1]), (frame[1], frame[0])):
+                return grey
+    except Exception:  # noqa: BLE001 - anything odd: the safe decoder decides and explains
+        pass
+    return _to_grey(read_image(path, max_pixels=max_pixels))
+
+
+def _measure_file(path: str, long_side: int) -> tuple[tuple[float, ...], str]:
+    try:
+        grey = read_grey(path)
+        if min(grey.shape) < 8:
+            raise SkinCoreError(f"Image {path} is only {grey.shape[1]}x{grey.shape[0]} pixels; "
+                                "quality needs at least 8x8.")
+        return _measure_grey(grey, long_side), ""
+    except SkinCoreError as exc:
+        return (math.nan,) * _N_VALUES, str(exc)
+    except Exception as exc:  # noqa: BLE001 - one bad image must not stop the run
+        return (math.nan,) * _N_VALUES, f"{path}: {type(exc).__name__}: {exc}"
+
+
+def _measure_chunk(args: tuple[int, list[str], int]) -> tuple[int, tuple[np.ndarray, list[str]]]:
+    start, paths, long_side = args
+    res = [_measure_file(p, long_side) for p in paths]
+    values = np.array([r[0] for r in res], dtype=np.float64).reshape(len(res), _N_VALUES)
+    return start, (values, [r[1] for r in res])
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)
+
+
+def default_workers() -> int:
+    """CPU cores available to this process (at least 1)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def run_chunked(fn: Any, paths: Sequence[str], extra: tuple, *, workers: int | None,
+                progress: bool, desc: str) -> list[Any]:
+    """Apply ``fn((start, chunk_paths, *extra)) -> (start, result)`` over ``paths`` in chunks.
+
+    Uses a process pool of ``workers`` (default: every core; 1 = in this process) and shows a
+    tqdm bar on stderr when ``progress``. Returns the chunks' results in input order. Shared by
+    :func:`compute_quality` and the decode baseline of ``bench/bench_quality.py``, so both pay
+    the same pool costs.
+    """
+    from tqdm import tqdm
+
+    n = len(paths)
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ConfigError(f"The 'workers' parameter must be >= 1; got {workers}.")
+    workers = min(workers, n)
+    chunk = 64 if workers == 1 else int(min(256, max(8, math.ceil(n / (workers * 8)))))
+    starts = list(range(0, n, chunk))
+    out: dict[int, Any] = {}
+    bar = tqdm(total=n, desc=desc, unit="img", file=sys.stderr, disable=not progress)
+    try:
+        if workers == 1:
+            for s in starts:
+                out[s] = fn((s, list(paths[s: s + chunk]), *extra))[1]
+                bar.update(min(chunk, n - s))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+                futures = [pool.submit(fn, (s, list(paths[s: s + chunk]), *extra))
+                           for s in starts]
+                for fut in as_completed(futures):
+                    s, res = fut.result()
+                    out[s] = res
+                    bar.update(min(chunk, n - s))
+    finally:
+        bar.close()
+    return [out[s] for s in starts]
+
+
+def compute_quality(
+    paths_or_table: Any,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    long_side: int = LONG_SIDE,
+) -> pd.DataFrame:
+    """Measure every image: one row per image, in input order, none dropped.
+
+    Each file is decoded once with :func:`~skin_core.data.images.read_image` and measured by
+    :func:`measure_quality`, in a process pool.
+
+    Parameters
+    ----------
+    paths_or_table:
+        Image paths (``image_id`` = file stem), a folder (searched recursively), a DataFrame
+        with ``path`` (and ``image_id``) columns, or a :class:`~skin_core.data.tables.Dataset`.
+    workers:
+        Worker processes (default: every core available; 1 = no pool).
+    progress:
+        Show a progress bar on stderr.
+    long_side:
+        See :func:`measure_quality`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`QUALITY_COLUMNS`: ``image_id``, every measure, ``blur_score``,
+        ``is_blurry`` (nullable boolean) and ``error`` (``""`` when measured; otherwise the
+        reason, with the measures missing).
+
+    Raises
+    ------
+    DataError
+        No images, a folder without images, duplicate image ids or no ``path`` column.
+    ConfigError
+        ``workers < 1`` or a bad ``long_side``.
+    """
+    long_side = _check_long_side(long_side)
+    ids, paths = _as_items(paths_or_table)
+    chunks = run_chunked(_measure_chunk, paths, (long_side,), workers=workers,
+                         progress=progress, desc="quality")
+    values = np.vstack([c[0] for c in chunks])
+    df = pd.DataFrame(values, columns=[*MEASURES, "blur_score"])
+    df.insert(0, IMAGE_ID, ids)
+    for col in ("width", "height"):
+        df[col] = df[col].round().astype("Int64")
+    is_blurry = pd.array(df["blur_score"] < BLURRY_THRESHOLD, dtype="boolean")
+    is_blurry[df["blur_score"].isna().to_numpy()] = pd.NA
+    df["is_blurry"] = is_blurry
+    df["error"] = [e for c in chunks for e in c[1]]
+    return df[list(QUALITY_COLUMNS)]
+
+
+# --------------------------------------------------------------------------------------------
+# reference distribution
+
+
+def quality_reference(
+    quality: pd.DataFrame,
+    *,
+    measures: Sequence[str] | None = None,
+    n_quantiles: int = 101,
+) -> dict[str, Any]:
+    """Quantiles of each measure over a reference set (e.g. the training images), JSON-ready.
+
+    Parameters
+    ----------
+    quality:
+        A :func:`compute_quality` table; rows with an ``error`` or missing values are ignored.
+    measures:
+        Which measures (default: every measure in :data:`COMPARE_MEASURES` present).
+    n_quantiles:
+        Number of evenly spaced quantile levels from 0 to 100 percent (>= 2).
+
+    Returns
+    -------
+    dict
+        ``{"n_images": N, "measures": {measure: {"n": n, "levels": [...percent...],
+        "quantiles": [...]}}}``, for :func:`percentile_of`.
+    """
+    if n_quantiles < 2:
+        raise ConfigError(f"The 'n_quantiles' parameter must be >= 2; got {n_quantiles}.")
+    measures = _pick_measures(quality, measures, "quality_reference")
+    ok = _ok_rows(quality)
+    levels = np.linspace(0.0, 100.0, n_quantiles)
+    out: dict[str, Any] = {"n_images": int(ok.sum()), "measures": {}}
+    for m in measures:
+        v = pd.to_numeric(quality.loc[ok, m], errors="coerce").to_numpy(dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v) == 0:
+            continue
+        out["measures"][m] = {
+            "n": int(len(v)),
+            "levels": [float(x) for x in levels],
+            "quantiles": [float(x) for x in np.percentile(v, levels)],
+        }
+    if not out["measures"]:
+        raise DataError("quality_reference found no measured image (every row has an error).")
+    return out
+
+
+def percentile_of(value: float, reference: dict[str, Any], measure: str | None = None) -> float:
+    """Percentile (0-100) of ``value`` within a reference distribution.
+
+    ``reference`` is one measure's entry of :func:`quality_reference` (with ``levels`` and
+    ``quantiles``), or the whole result together with ``measure``. Values between quantiles
+    are interpolated linearly; tied quantiles count at the middle of their levels; values
+    outside the reference range give 0 or 100. NaN gives NaN.
+    """
+    entry = reference
+    if "measures" in reference:
+        if measure is None or measure not in reference["measures"]:
+            raise ConfigError(
+                f"percentile_of needs a measure of this reference, one of "
+                f"{sorted(reference['measures'])}; got {measure!r}."
+            )
+        entry = reference["measures"][measure]
+    q = np.asarray(entry["quantiles"], dtype=float)
+    lv = np.asarray(entry["levels"], dtype=float)
+    if value is None or not np.isfinite(value):
+        return float("nan")
+    uq, inverse = np.unique(q, return_inverse=True)
+    ulv = np.bincount(inverse, weights=lv) / np.bincount(inverse)
+    if len(uq) == 1:
+        return float(0.0 if value < uq[0] else 100.0 if value > uq[0] else 50.0)
+    return float(np.interp(value, uq, ulv, left=0.0, right=100.0))
+
+
+# --------------------------------------------------------------------------------------------
+# quality versus difficulty
+
+
+def _ok_rows(quality: pd.DataFrame) -> np.ndarray:
+    if "error" in quality.columns:
+        err = quality["error"]
+        return (err.isna() | (err.astype(str) == "")).to_numpy()
+    return np.ones(len(quality), dtype=bool)
+
+
+def _pick_measures(df: pd.DataFrame, measures: Sequence[str] | None, who: str) -> list[str]:
+    if measures is None:
+        return [m for m in COMPARE_MEASURES if m in df.columns]
+    if isinstance(measures, str):
+        measures = [measures]
+    missing = [m for m in measures if m not in df.columns]
+    if missing:
+        raise ConfigError(
+            f"{who}: measure(s) {missing} are not columns of the quality table; available: "
+            f"{[c for c in df.columns if c not in (IMAGE_ID, 'error', 'is_blurry')]}."
+        )
+    return list(measures)
+
+
+def cliffs_delta(x: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> TestResult:
+    """Cliff's delta ``P(X > Y) - P(X < Y)`` with Cliff's asymptotic CI.
+
+    ``d = mean_ij sign(x_i - y_j)``. Its variance is Cliff's (1993) unbiased estimate
+    ``((m-1) s2_row + (n-1) s2_col + s2_ij) / (m n)`` and the CI is the asymmetric interval of
+    Feng & Cliff (2004), which stays inside [-1, 1]. O((m + n) log n) via sorted ranks.
+    """
+    from scipy.stats import norm
+
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    m, n = len(x), len(y)
+    ys = np.sort(y)
+    xs = np.sort(x)
+    # row means d_i. = (#y < x_i - #y > x_i) / n; column means d_.j = (#x > y_j - #x < y_j) / m
+    row = (np.searchsorted(ys, x, "left") - (n - np.searchsorted(ys, x, "right"))) / n
+    col = ((m - np.searchsorted(xs, y, "right")) - np.searchsorted(xs, y, "left")) / m
+    d = float(row.mean())
+    ties = int((np.searchsorted(ys, x, "right") - np.searchsorted(ys, x, "left")).sum())
+    ci = (float("nan"), float("nan"))
+    se = float("nan")
+    if m > 1 and n > 1:
+        s2_row = float(((row - d) ** 2).sum() / (m - 1))
+        s2_col = float(((col - d) ** 2).sum() / (n - 1))
+        # sum_ij (d_ij - d)^2 = (#untied pairs) - m n d^2
+        s2_ij = ((m * n - ties) - m * n * d * d) / ((m - 1) * (n - 1))
+        var = ((n - 1) * s2_row + (m - 1) * s2_col + s2_ij) / (m * n)
+        var = max(var, 1e-12 / (m * n))
+        se = math.sqrt(var)
+        z = float(norm.ppf(0.5 + confidence / 2))
+        root = z * se * math.sqrt((1 - d * d) ** 2 + z * z * var)
+        denom = 1 - d * d + z * z * var
+        ci = (
+            max(-1.0, (d - d**3 - root) / denom),
+            min(1.0, (d - d**3 + root) / denom),
+        )
+    return TestResult(
+        name="Cliff's delta",
+        effect=d,
+        ci=ci,
+        statistic=float("nan"),
+        p_value=float("nan"),
+        method="Cliff's delta with Cliff (1993) variance and Feng & Cliff (2004) asymmetric CI",
+        effect_name="P(first > second) - P(first < second)",
+        assumptions="independent observations",
+        n={"first": m, "second": n},
+        extra={"se": se, "confidence": confidence},
+    )
+
+
+def _median_diff_boot(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int,
+                      confidence: float) -> tuple[float, float]:
+    """Percentile bootstrap CI of ``median(x) - median(y)``, each group resampled alone."""
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    per = max(1, 2_000_000 // max(len(x), len(y)))
+    for s in range(0, n_boot, per):
+        b = min(per, n_boot - s)
+        mx = np.median(x[rng.integers(0, len(x), (b, len(x)))], axis=1)
+        my = np.median(y[rng.integers(0, len(y), (b, len(y)))], axis=1)
+        diffs[s: s + b] = mx - my
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def _check_groups(difficulty: pd.DataFrame) -> None:
+    for col in (IMAGE_ID, "group"):
+        if col not in difficulty.columns:
+            raise DataError(
+                f"compare_quality: the difficulty table has no '{col}' column (expected the "
+                "difficulty.csv columns image_id, label, ..., group); found "
+                f"{list(difficulty.columns)}."
+            )
+
+
+def compare_quality(
+    quality: pd.DataFrame,
+    difficulty: pd.DataFrame,
+    *,
+    measures: Sequence[str] | None = None,
+    model_measures: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Compare image quality of ``difficult`` against ``control`` images.
+
+    Sign convention everywhere: difficult minus control (Cliff's delta > 0 and a median
+    difference > 0 mean the measure is higher in difficult images; an odds ratio > 1 means a
+    higher measure goes with higher odds of being difficult).
+
+    Parameters
+    ----------
+    quality:
+        :func:`compute_quality` table (``image_id`` + measures [+ ``error``]). Rows with an
+        error are left out and counted.
+    difficulty:
+        ``difficulty.csv`` table: ``image_id``, ``group`` (``difficult`` / ``control`` /
+        other) and ``label`` (needed for the logistic model's class covariate).
+    measures:
+        Measures to compare (default :data:`COMPARE_MEASURES` present in ``quality``).
+    model_measures:
+        Covariates of the logistic model (default :data:`MODEL_MEASURES` present), each
+        standardised (z-score over the modelled images) so odds ratios are per 1 SD.
+    n_boot, seed:
+        Bootstrap resamples and seed of the median-difference CI.
+    confidence:
+        Confidence level of every interval.
+
+    Returns
+    -------
+    dict
+        ``{"n": {...}, "measures": {measure: {"median_difficult", "median_control",
+        "mann_whitney": TestResult, "cliffs_delta": TestResult, "median_difference":
+        TestResult}}, "logistic": {...}}``. Mann-Whitney results carry a Holm-adjusted p-value
+        across measures in ``extra["p_holm"]``. ``logistic`` holds ``odds_ratios`` (one
+        TestResult per measure: effect = odds ratio per SD, CI, Wald z, p), ``n``,
+        ``classes_dropped`` (classes whose images are all in one group: they carry no
+        information within class and would make the fit diverge), ``converged``,
+        ``pseudo_r2`` and ``error`` (why no model was fitted, else ``None``).
+
+    Raises
+    ------
+    DataError
+        Missing columns, or fewer than 2 measured images in either group.
+    """
+    from scipy.stats import mannwhitneyu
+    from statsmodels.stats.multitest import multipletests
+
+    if IMAGE_ID not in quality.columns:
+        raise DataError(
+            f"compare_quality: the quality table has no '{IMAGE_ID}' column; found "
+            f"{list(quality.columns)}."
+        )
+    _check_groups(difficulty)
+    for name, table in (("quality", quality), ("difficulty", difficulty)):
+        dup = table[IMAGE_ID].astype(str).duplicated()
+        if dup.any():
+            raise DataError(
+                f"compare_quality: image_id {table[IMAGE_ID].astype(str)[dup].iloc[0]!r} occurs "
+                f"more than once in the {name} table; give one row per image."
+            )
+    if n_boot < 100:
+        raise ConfigError(f"The 'n_boot' parameter must be >= 100; got {n_boot}.")
+    measures = _pick_measures(quality, measures, "compare_quality")
+    q = quality.loc[_ok_rows(quality)]
+    n_errors = int(len(quality) - len(q))
+    d = difficulty[difficulty["group"].isin([GROUP_DIFFICULT, GROUP_CONTROL])]
+    keep = [IMAGE_ID, "group"] + ([LABEL] if LABEL in d.columns else [])
+    d = d[keep].astype({IMAGE_ID: str})
+    q = q.astype({IMAGE_ID: str})
+    merged = d.merge(q, on=IMAGE_ID, how="inner", validate="one_to_one")
+    n_missing = int(len(d) - len(merged))
+    is_diff = (merged["group"] == GROUP_DIFFICULT).to_numpy()
+    counts = {
+        "difficult": int(is_diff.sum()),
+        "control": int((~is_diff).sum()),
+        "not_measured": n_missing,
+        "quality_errors": n_errors,
+    }
+    if counts["difficult"] < 2 or counts["control"] < 2:
+        raise DataError(
+            "compare_quality needs at least 2 measured difficult and 2 measured control images; "
+            f"found {counts['difficult']} difficult and {counts['control']} control (check that "
+            "quality.csv and difficulty.csv share image_id values)."
+        )
+    results: dict[str, Any] = {}
+    mw_p = []
+    for k, m in enumerate(measures):
+        v = pd.to_numeric(merged[m], errors="coerce").to_numpy(dtype=float)
+        x = v[is_diff & np.isfinite(v)]
+        y = v[~is_diff & np.isfinite(v)]
+        if len(x) < 2 or len(y) < 2:
+            continue
+        n = {"difficult": len(x), "control": len(y)}
+        mw = mannwhitneyu(x, y, alternative="two-sided")
+        u = float(mw.statistic)
+        mw_p.append((m, float(mw.pvalue)))
+        cd = cliffs_delta(x, y, confidence=confidence)
+        med_d, med_c = float(np.median(x)), float(np.median(y))
+        ci = _median_diff_boot(x, y, n_boot, seed + k, confidence)
+        results[m] = {
+            "median_difficult": med_d,
+            "median_control": med_c,
+            "mann_whitney": TestResult(
+                name=f"{m}: difficult vs control",
+                effect=u / (len(x) * len(y)),
+                ci=(float("nan"), float("nan")),
+                statistic=u,
+                p_value=float(mw.pvalue),
+                method="Mann-Whitney U, two-sided (scipy.stats.mannwhitneyu, "
+                "tie-corrected normal approximation or exact)",
+                effect_name="P(difficult > control) + P(tie)/2 (U / (n_difficult n_control))",
+                assumptions="independent images",
+                n=n,
+            ),
+            "cliffs_delta": TestResult(
+                **{**cd.to_dict(), "ci": cd.ci, "effect": cd.effect,
+                   "statistic": float("nan"), "p_value": float("nan"),
+                   "name": f"{m}: Cliff's delta, difficult vs control", "n": n,
+                   "effect_name": "P(difficult > control) - P(difficult < control)"}
+            ),
+            "median_difference": TestResult(
+                name=f"{m}: median difference, difficult - control",
+                effect=med_d - med_c,
+                ci=ci,
+                statistic=float("nan"),
+                p_value=float("nan"),
+                method=f"percentile bootstrap, groups resampled separately, {n_boot} resamples, "
+                f"seed {seed + k}",
+                effect_name="median(difficult) - median(control)",
+                assumptions="independent images",
+                n=n,
+                extra={"n_boot": n_boot, "seed": seed + k, "confidence": confidence},
+            ),
+        }
+    if mw_p:
+        adj = multipletests([p for _, p in mw_p], method="holm")[1]
+        for (m, _), p_adj in zip(mw_p, adj, strict=True):
+            old = results[m]["mann_whitney"]
+            results[m]["mann_whitney"] = TestResult(
+                **{**old.__dict__, "extra": {**old.extra, "p_holm": float(p_adj)}}
+            )
+    if model_measures is None:
+        model_measures = [m for m in MODEL_MEASURES if m in merged.columns]
+    else:
+        model_measures = _pick_measures(quality, model_measures, "compare_quality")
+    logistic = _logistic_difficulty(merged, is_diff, list(model_measures), confidence)
+    return {"n": counts, "measures": results, "logistic": logistic}
+
+
+def _logistic_difficulty(merged: pd.DataFrame, is_diff: np.ndarray, measures: list[str],
+                         confidence: float) -> dict[str, Any]:
+    import warnings
+
+    import statsmodels.api as sm
+
+    out: dict[str, Any] = {
+        "measures": measures, "n": {}, "odds_ratios": {}, "classes_dropped": [],
+        "measures_dropped": [], "converged": False, "pseudo_r2": float("nan"), "error": None,
+        "method": "logistic regression (statsmodels Logit, MLE) of difficult (1) vs control (0) "
+        "on standardised quality measures with label as a categorical covariate; Wald CIs",
+    }
+    X = merged[measures].apply(pd.to_numeric, errors="coerce").astype(float)
+    ok = np.isfinite(X.to_numpy()).all(axis=1)
+    y = is_diff.astype(float)
+    labels = (merged[LABEL].astype(str) if LABEL in merged.columns
+              else pd.Series(["all"] * len(merged), index=merged.index))
+    # classes where every image is in one group cannot inform a within-class effect
+    frac = pd.Series(y[ok]).groupby(labels[ok].to_numpy()).mean()
+    dropped = sorted(str(c) for c in frac.index[(frac == 0) | (frac == 1)])
+    ok &= ~labels.isin(dropped).to_numpy()
+    out["classes_dropped"] = dropped
+    X, y, labels = X[ok], y[ok], labels[ok]
+    sd = X.std(ddof=0)
+    const = [m for m in measures if not (sd[m] > 1e-9 * max(1.0, abs(float(X[m].mean()))))]
+    out["measures_dropped"] = const
+    kept = [m for m in measures if m not in const]
+    out["n"] = {"difficult": int(y.sum()), "control": int(len(y) - y.sum())}
+    if not kept or y.sum() < 2 or (len(y) - y.sum()) < 2:
+        out["error"] = "too few images or no varying measure after dropping single-group classes"
+        return out
+    Z = (X[kept] - X[kept].mean()) / sd[kept]
+    dummies = pd.get_dummies(labels.astype(str), prefix="label", drop_first=True, dtype=float)
+    design = sm.add_constant(pd.concat([Z.reset_index(drop=True),
+                                        dummies.reset_index(drop=True)], axis=1),
+                             has_constant="add")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fit = sm.Logit(y, design).fit(disp=0, maxiter=200)
+    except Exception as exc:  # noqa: BLE001 - singular design etc.: report, do not crash
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
+    alpha = 1 - confidence
+    ci = fit.conf_int(alpha=alpha).clip(-700, 700)  # exp() of a separated fit stays finite
+    out["converged"] = bool(fit.mle_retvals.get("converged", False))
+    out["pseudo_r2"] = float(fit.prsquared)
+    for m in kept:
+        out["odds_ratios"][m] = TestResult(
+            name=f"{m}: odds of difficult per 1 SD",
+            effect=float(np.exp(fit.params[m])),
+            ci=(float(np.exp(ci.loc[m, 0])), float(np.exp(ci.loc[m, 1]))),
+            statistic=float(fit.tvalues[m]),
+            p_value=float(fit.pvalues[m]),
+            method="Logit MLE (statsmodels), Wald z test, adjusted for label and the other "
+            "measures",
+            effect_name="odds ratio per standard deviation of the measure",
+            assumptions="independent images; log-odds linear in the measures",
+            n=dict(out["n"]),
+            extra={"sd": float(sd[m]), "coef": float(fit.params[m])},
+        )
+    return out
