@@ -138,3 +138,18 @@ def test_folds_bad_k_exits_2(tmp_path, capsys):
     assert cli.main(args) == 2
     assert "larger than the number of lesion groups (2)" in capsys.readouterr().err
     assert not (tmp_path / "f.csv").exists()
+
+
+def test_verify_images_option(tmp_path, capsys):
+    root = isic_dir(tmp_path / "isic", n=4)  # empty .jpg files: exist, but unreadable
+    base = ["data", "summary", "--dataset", f"isic2019:{root}"]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    assert cli.main([*base, "--verify-images"]) == 2
+    assert "empty (0 bytes)" in capsys.readouterr().err
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "ISIC_2019_Training_Input" / "ISIC_0000000.jpg")
+    assert cli.main([*base, "--verify-images", "--skip-bad", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_images"] == 1 and out["n_skipped"] == 3

@@ -11,7 +11,13 @@ import pytest
 
 from skin_core.constants import HAM10000_CLASSES, ISIC2019_CLASSES, TABLE_COLUMNS
 from skin_core.data import tables
-from skin_core.data.tables import Dataset, load_dataset, parse_spec, table_from_frame
+from skin_core.data.tables import (
+    Dataset,
+    load_dataset,
+    parse_spec,
+    table_from_frame,
+    verify_images,
+)
 from skin_core.errors import ConfigError, DataError
 
 GT_HEADER = ["image", *ISIC2019_CLASSES, "UNK"]
@@ -491,6 +497,29 @@ def test_all_rows_bad_is_an_error_even_with_skip_bad(tmp_path):
     root = write_isic(tmp_path / "isic", ROWS[:2], images=False)
     with pytest.raises(DataError, match=r"no usable images \(2 rows were skipped\)"):
         load_dataset(f"isic2019:{root}", skip_bad=True)
+
+
+def test_verify_images_refuses_or_skips_unreadable_files(tmp_path):
+    from PIL import Image
+
+    root = write_isic(tmp_path / "isic", ROWS[:4], images=[])
+    img = root / tables.ISIC2019_IMAGE_DIR
+    Image.new("RGB", (40, 30), (200, 120, 90)).save(img / "ISIC_0000000.jpg")
+    Image.new("L", (20, 20), 128).save(img / "ISIC_0000001.png")
+    good = (img / "ISIC_0000000.jpg").read_bytes()
+    (img / "ISIC_0000002.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (img / "ISIC_0000003_downsampled.jpg").write_bytes(b"")  # empty
+    ds = load_dataset(f"isic2019:{root}")  # existence only: all four are there
+    assert len(ds) == 4
+    with pytest.raises(DataError, match=r"(?i)Image 'ISIC_0000002', column 'path': .*truncat") as e:
+        verify_images(ds)
+    assert "1 more unreadable image(s)" in str(e.value)
+    checked = verify_images(ds, skip_bad=True)
+    assert checked.table["image_id"].tolist() == ["ISIC_0000000", "ISIC_0000001"]
+    assert checked.skipped["image_id"].tolist() == ["ISIC_0000002", "ISIC_0000003_downsampled"]
+    assert "empty (0 bytes)" in checked.skipped["reason"].iloc[1]
+    fine = table_from_frame(ds.table.iloc[:2], ISIC2019_CLASSES)
+    assert verify_images(fine) is fine
 
 
 # ----------------------------------------------------------------------------- real data

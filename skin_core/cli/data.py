@@ -60,12 +60,20 @@ def _add_load_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not require the image files to exist (e.g. the ISIC 2019 CSVs alone)",
     )
+    parser.add_argument(
+        "--verify-images",
+        action="store_true",
+        help="also decode every image and report unreadable ones (slower: opens each file)",
+    )
 
 
 def _load(args: argparse.Namespace):
-    from skin_core.data.tables import load_dataset
+    from skin_core.data.tables import load_dataset, verify_images
 
-    return load_dataset(args.dataset, skip_bad=args.skip_bad, check_images=args.check_images)
+    ds = load_dataset(args.dataset, skip_bad=args.skip_bad, check_images=args.check_images)
+    if args.verify_images:
+        ds = verify_images(ds, skip_bad=args.skip_bad, progress=True)
+    return ds
 
 
 def _skipped_records(ds) -> list[dict]:

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,7 @@ __all__ = [
     "load_dataset",
     "parse_spec",
     "table_from_frame",
+    "verify_images",
 ]
 
 ISIC2019_GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
@@ -349,6 +351,79 @@ def table_from_frame(
         spec=spec,
         skip_bad=skip_bad,
         check_images=check_images,
+    )
+
+
+def verify_images(
+    dataset: Dataset, *, skip_bad: bool = False, progress: bool = False
+) -> Dataset:
+    """Decode every image of ``dataset`` and refuse (or skip) the unreadable ones.
+
+    :func:`load_dataset` only checks that image files exist (one directory listing); this
+    opens each one through :func:`skin_core.data.images.read_image` (JPEGs decoded at a
+    reduced DCT scale, so it is fast), catching empty, truncated, corrupt, non-image and
+    oversized files.
+
+    Parameters
+    ----------
+    dataset:
+        A loaded :class:`Dataset`.
+    skip_bad:
+        Drop unreadable images and add them to :attr:`Dataset.skipped` instead of raising.
+    progress:
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    Dataset
+        ``dataset`` itself when every image decodes, else a copy without the bad rows.
+
+    Raises
+    ------
+    DataError
+        (without ``skip_bad``) the first unreadable image, naming its id, file and the cause.
+    """
+    from skin_core.data.images import read_image
+    from skin_core.errors import ImageError
+
+    t = dataset.table
+    bad: list[tuple[int, str, str, str]] = []
+    rows = zip(t[IMAGE_ID].tolist(), t[PATH].tolist(), strict=True)
+    if progress:
+        from tqdm import tqdm
+
+        rows = tqdm(rows, total=len(t), desc="verify images", unit="img", file=sys.stderr)
+    for i, (image_id, path) in enumerate(rows):
+        try:
+            read_image(path, reduce_to=(32, 32))
+        except ImageError as e:
+            bad.append((i, image_id, path, str(e).rstrip(".")))
+    if not bad:
+        return dataset
+    if not skip_bad:
+        _, image_id, path, msg = bad[0]
+        more = f" ({len(bad) - 1} more unreadable image(s))" if len(bad) > 1 else ""
+        raise DataError(f"Image '{image_id}', column 'path': {msg}{more}; {_SKIP_HINT}.")
+    new_skipped = pd.DataFrame(
+        {
+            "file": [b[2] for b in bad],
+            "line": pd.array([pd.NA] * len(bad), dtype="Int64"),
+            IMAGE_ID: [b[1] for b in bad],
+            "column": PATH,
+            "reason": [b[3] for b in bad],
+        }
+    )
+    skipped = pd.concat([dataset.skipped, new_skipped], ignore_index=True) if len(
+        dataset.skipped) else new_skipped
+    kept = t.drop(index=t.index[[b[0] for b in bad]]).reset_index(drop=True)
+    if kept.empty:
+        raise DataError(f"No image of {dataset.spec} could be read ({len(bad)} tried); "
+                        "check the image files.")
+    return replace(
+        dataset,
+        table=kept,
+        skipped=skipped,
+        notes=(*dataset.notes, f"{len(bad)} unreadable image(s) were skipped"),
     )
 
 
