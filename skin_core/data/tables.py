@@ -520,14 +520,16 @@ def _where(problem: pd.Series, line_word: str = "line") -> str:
     return ", ".join(parts)
 
 
-def _read_csv(path: Path, *, what: str, required: Iterable[str]) -> pd.DataFrame:
-    """Read a CSV as strings (only empty cells are missing) with source line numbers."""
+def _read_csv(
+    path: Path, *, what: str, required: Iterable[str], dtype: object = str
+) -> pd.DataFrame:
+    """Read a CSV (default: all strings; only empty cells are missing) with line numbers."""
     if not path.is_file():
         raise DataError(
             f"The {what} {path} does not exist; check the dataset folder or the spec path."
         )
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+        df = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""],
                          skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"The {what} {path} is not a readable CSV file ({e}); fix it.") from e
@@ -777,7 +779,9 @@ def _read_isic_ground_truth(
     path: Path, problems: _Problems
 ) -> tuple[pd.DataFrame, list[str]]:
     """One-hot ground truth -> frame ``image_id, label, _line, _file`` (bad rows in problems)."""
-    gt = _read_csv(path, what="ISIC 2019 ground-truth CSV", required=("image", *ISIC2019_CLASSES))
+    # class columns are parsed by the C parser (floats); text in them falls back to strings
+    gt = _read_csv(path, what="ISIC 2019 ground-truth CSV", required=("image", *ISIC2019_CLASSES),
+                   dtype={"image": str})
     cols = list(ISIC2019_CLASSES) + ([ISIC2019_UNKNOWN] if ISIC2019_UNKNOWN in gt.columns else [])
     gt = gt.rename(columns={"image": IMAGE_ID})
     raw = gt[cols]
@@ -791,7 +795,7 @@ def _read_isic_ground_truth(
         rows = bad_value.any(axis=1)
         first_col = np.argmax(bad_value, axis=1)
         reason = [
-            f"value {raw.iat[i, first_col[i]]!r} is not 0 or 1 (one-hot labels)"
+            f"value '{raw.iat[i, first_col[i]]}' is not 0 or 1 (one-hot labels)"
             for i in np.flatnonzero(rows)
         ]
         col_names = np.array(cols)[first_col[rows]]
