@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
+from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.inter_rater import aggregate_raters, cohens_kappa, fleiss_kappa
 from statsmodels.stats.proportion import confint_proportions_2indep
 
@@ -125,6 +126,27 @@ def test_fleiss_kappa_wikipedia_example_and_statsmodels():
     assert k[1] == pytest.approx(fleiss_kappa(np.vstack([table, table[:1]])))
 
 
+def test_pairwise_agreement_matches_sklearn_per_pair():
+    rng = np.random.default_rng(11)
+    answers = rng.integers(0, 4, (5, 30))
+    answers[rng.random((5, 30)) < 0.3] = -1  # unread
+    answers[4, :] = -1
+    answers[4, :2] = 1  # reader 4 shares at most 2 images, always answering 1
+    pw = rs.pairwise_agreement(answers, 4)
+    for a, b in combinations(range(5), 2):
+        both = (answers[a] >= 0) & (answers[b] >= 0)
+        assert pw["n"][a, b] == both.sum()
+        if both.sum() == 0:
+            assert math.isnan(pw["agreement"][a, b])
+            continue
+        x, y = answers[a, both], answers[b, both]
+        assert pw["agreement"][a, b] == pytest.approx(np.mean(x == y))
+        if len(set(x) | set(y)) > 1:
+            assert pw["kappa"][a, b] == pytest.approx(cohen_kappa_score(x, y))
+        else:
+            assert math.isnan(pw["kappa"][a, b])
+
+
 # --------------------------------------------------------------------------- tests records
 
 
@@ -138,6 +160,8 @@ def test_fisher_difference_matches_scipy_and_newcombe():
     lo, hi = confint_proportions_2indep(7, 20, 15, 21, method="newcomb", compare="diff")
     assert res.ci == pytest.approx((lo, hi), abs=1e-10)
     assert res.n == {"difficult_images": 20, "control_images": 21}
+    woolf = Table2x2(np.array([[7, 13], [15, 6]])).oddsratio_confint(method="normal")
+    assert res.extra["odds_ratio_ci"] == pytest.approx(list(woolf))
 
 
 def test_hodges_lehmann_hand_case():

@@ -210,8 +210,15 @@ def _require(df: pd.DataFrame, name: str, cols: Iterable[str], what: str) -> Non
 
 
 def _str_col(s: pd.Series) -> pd.Series:
-    return s.map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
-                 else re.sub(r"\s+", " ", str(v)).strip()).astype(object)
+    """Strings with whitespace runs collapsed and stripped; missing values become ``""``."""
+    s = pd.Series(s.to_numpy(dtype=object), index=s.index)
+    s = s.where(s.notna(), "").astype(str)
+    return s.str.replace(r"\s+", " ", regex=True).str.strip().astype(object)
+
+
+def _keys(s: pd.Series) -> pd.Series:
+    """Vectorised :func:`_key` of a Series."""
+    return _str_col(s).str.casefold()
 
 
 def read_readings(source: str | Path | pd.DataFrame) -> pd.DataFrame:
@@ -316,7 +323,7 @@ def read_truth(
         i = int(bad[0])
         raise DataError(f"{name} row {i + 2} (image {ids.iloc[i]}) has label {labels.iloc[i]!r}, "
                         f"not one of the classes {', '.join(classes)}; fix the label.")
-    keys = ids.map(_key)
+    keys = _keys(ids)
     dup = keys.duplicated(keep=False).to_numpy()
     if dup.any():
         d = ids[dup]
@@ -347,7 +354,7 @@ def read_groups(source: str | Path | pd.DataFrame | pd.Series) -> pd.Series:
     if blank.size:
         raise DataError(f"{name} row {int(blank[0]) + 2} (image {ids.iloc[blank[0]]}) has a "
                         "blank group; give every listed image a group or remove the row.")
-    out = pd.DataFrame({"key": ids.map(_key), "image_id": ids, "group": grp})
+    out = pd.DataFrame({"key": _keys(ids), "image_id": ids, "group": grp})
     conflict = out.groupby("key")["group"].nunique()
     if (conflict > 1).any():
         k = conflict[conflict > 1].index[0]
@@ -551,8 +558,8 @@ def analyze_readers(
     truth_s, classes = read_truth(truth, classes=classes)
     norm = _normalizer(classes)
     truth_key = {_key(i): i for i in truth_s.index}
-    rd["image_key"] = rd["image_id"].map(_key)
-    rd["reader_key"] = rd["reader_id"].map(_key)
+    rd["image_key"] = _keys(rd["image_id"])
+    rd["reader_key"] = _keys(rd["reader_id"])
     reader_name = rd.drop_duplicates("reader_key").set_index("reader_key")["reader_id"]
     missing_mask = ~rd["image_key"].isin(truth_key.keys())
     missing_ids = sorted(rd.loc[missing_mask, "image_id"].unique())
@@ -827,9 +834,9 @@ def _group_summary(
         if math.isfinite(kappa):
             onehot = np.zeros((cons_cat.size, kc * kc))
             onehot[np.arange(cons_cat.size), cons_cat * kc + tr] = 1
-            w = np.random.default_rng(rng_seed).multinomial(
-                cons_cat.size, np.full(cons_cat.size, 1 / cons_cat.size), size=n_bootstrap)
-            kb = rs.kappa_from_confusion((w @ onehot).reshape(-1, kc, kc))
+            kb = rs.image_bootstrap(
+                lambda w: rs.kappa_from_confusion((w @ onehot).reshape(-1, kc, kc)),
+                cons_cat.size, n_resamples=n_bootstrap, seed=rng_seed)
             cohen["ci"] = _ci(rs.percentile_ci(kb, confidence))
             cohen["ci_method"] = "bootstrap over images (readers fixed), percentile"
         else:
@@ -857,27 +864,26 @@ def _group_summary(
             kappa = float(rs.fleiss_kappa_counts(counts))
             fleiss["kappa"] = _f(kappa)
             if math.isfinite(kappa):
-                n_f = counts.shape[0]
-                w = np.random.default_rng(rng_seed + 1).multinomial(
-                    n_f, np.full(n_f, 1 / n_f), size=n_bootstrap)
-                fleiss["ci"] = _ci(rs.percentile_ci(rs.fleiss_kappa_counts(counts, w),
-                                                    confidence))
+                kb = rs.image_bootstrap(lambda w: rs.fleiss_kappa_counts(counts, w),
+                                        counts.shape[0], n_resamples=n_bootstrap,
+                                        seed=rng_seed + 1)
+                fleiss["ci"] = _ci(rs.percentile_ci(kb, confidence))
                 fleiss["ci_method"] = "bootstrap over images (readers fixed), percentile"
             else:
                 fleiss["reason"] = "undefined: every answer is the same category"
 
     # pairwise agreement
     pairs = []
-    for x in range(len(active)):
-        for y in range(x + 1, len(active)):
-            ra, rb = active[x], active[y]
-            both = rd_[ra] & rd_[rb]
-            if not both.any():
-                continue
-            ax, bx = a[ra, both], a[rb, both]
-            pairs.append({"reader_a": str(readers[ra]), "reader_b": str(readers[rb]),
-                          "n": int(both.sum()), "agreement": float(np.mean(ax == bx)),
-                          "kappa": _f(rs.cohen_kappa(ax, bx))})
+    if len(active) >= 2:
+        pw = rs.pairwise_agreement(a[active], len(cats))
+        for x in range(len(active)):
+            for y in range(x + 1, len(active)):
+                if pw["n"][x, y] == 0:
+                    continue
+                pairs.append({"reader_a": str(readers[active[x]]),
+                              "reader_b": str(readers[active[y]]), "n": int(pw["n"][x, y]),
+                              "agreement": float(pw["agreement"][x, y]),
+                              "kappa": _f(pw["kappa"][x, y])})
     kappas = [p["kappa"] for p in pairs if p["kappa"] is not None]
     pairwise = {
         "n_pairs": len(pairs),
