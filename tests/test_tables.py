@@ -452,8 +452,9 @@ def test_csv_path_column_and_classes_option(tmp_path):
     (tmp_path / "sub" / "a.jpg").write_bytes(b"")
     csv = tmp_path / "d.csv"
     csv.write_text("image_id,label,path\na,B,sub/a.jpg\nb,A,sub/b.jpg\n")
-    with pytest.raises(DataError, match=r"d.csv, line 3, image 'b', column 'path'"):
+    with pytest.raises(DataError, match=r"d.csv, line 3, image 'b', column 'path'") as e:
         load_dataset(f"csv:{csv}")
+    assert f"{tmp_path / 'sub' / 'b.jpg'} does not exist" in str(e.value)
     ds = load_dataset(f"csv:{csv},classes=B|A|C", check_images=False)
     assert ds.classes == ("B", "A", "C") and ds.label_index().tolist() == [0, 1]
     with pytest.raises(DataError, match=r"unknown class 'A'; expected one of B, C"):
@@ -489,6 +490,8 @@ def test_table_from_frame_validates_in_memory_frames(tmp_path):
         table_from_frame(df, ("NV",))
     with pytest.raises(DataError, match="has no column 'label'"):
         table_from_frame(df.drop(columns="label"))
+    with pytest.raises(DataError, match=r"row 3, image 'x'.*duplicate image id \(first at row 1\)"):
+        table_from_frame(pd.concat([df, df.iloc[:1]]))
     with pytest.raises(DataError, match="column 'path'"):
         table_from_frame(df, ISIC2019_CLASSES, tmp_path, check_images=True)
 

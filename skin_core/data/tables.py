@@ -661,8 +661,8 @@ def _finalize(
     dup = ids.notna() & ids.duplicated(keep="first")
     if dup.any():
         first_line = frame.loc[ids.notna()].drop_duplicates(IMAGE_ID).set_index(IMAGE_ID)["_line"]
-        reason = "duplicate image id (first at line " + ids.map(first_line).astype(str) + \
-            "); keep one row per image"
+        reason = f"duplicate image id (first at {line_word} " + \
+            ids.map(first_line).astype(str) + "); keep one row per image"
         problems.add(dup, frame, column=IMAGE_ID, reason=reason)
     # label: a known class
     labels = _strip(frame[LABEL])
@@ -708,7 +708,8 @@ def _finalize(
     _normalise_vocab(frame, SITE, SITE_VALUES, notes, mapping=site_mapping,
                      source_name=site_source)
     # path
-    if PATH in frame.columns and frame[PATH].notna().any():
+    from_column = PATH in frame.columns and bool(frame[PATH].notna().any())
+    if from_column:
         raw_path = _strip(frame[PATH])
         base = str(root if root is not None else Path.cwd())
         paths = raw_path.map(
@@ -726,10 +727,14 @@ def _finalize(
     frame[PATH] = paths.astype("str")
     if check_images:
         missing = ~exists & ids.notna()
-        where = str(default_dir) if default_dir is not None else "the image folder"
-        problems.add(missing, frame, column=PATH,
-                     reason=f"the image file is missing from {where}; add it, or load without "
-                     "the image check (--no-check-images / check_images=False)")
+        fix = "; add it, or load without the image check (--no-check-images / check_images=False)"
+        if from_column:
+            reason: str | pd.Series = "the image file " + paths.fillna("").astype(str) + \
+                " does not exist" + fix
+        else:
+            where = str(default_dir) if default_dir is not None else "the image folder"
+            reason = f"the image file is missing from {where}{fix}"
+        problems.add(missing, frame, column=PATH, reason=reason)
     kept, skipped = problems.resolve(frame, skip_bad=skip_bad, line_word=line_word)
     if len(skipped):
         notes.append(f"{len(skipped)} row(s) with problems were skipped (see Dataset.skipped)")
