@@ -1,0 +1,85 @@
+"""Tests of skin_core.meta.calibration: temperature, isotonic, selection, ECE, JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+from sklearn.isotonic import IsotonicRegression
+
+from skin_core.errors import ConfigError
+from skin_core.meta.calibration import (
+    Calibrator,
+    expected_calibration_error,
+    fit_calibrator,
+    fit_isotonic,
+    fit_temperature,
+    reliability_curve,
+)
+
+
+def _overconfident(n: int, t_true: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from softmax(z); reported probabilities softmax(z / t_true)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, 4))
+    true_p = softmax(z, axis=1)
+    labels = np.array([rng.choice(4, p=p) for p in true_p])
+    return softmax(z / t_true, axis=1), labels
+
+
+def test_temperature_scaling_recovers_the_distortion():
+    probs, labels = _overconfident(4000, 0.5, seed=0)
+    cal = fit_temperature(probs, labels)
+    assert cal.temperature == pytest.approx(2.0, rel=0.1)
+    before = expected_calibration_error(probs, labels)
+    after = expected_calibration_error(cal.transform(probs), labels)
+    assert after < before / 2
+    assert (cal.transform(probs).argmax(1) == probs.argmax(1)).all()
+
+
+def test_isotonic_json_round_trip_matches_scikit_learn():
+    probs, labels = _overconfident(1000, 0.7, seed=1)
+    cal = fit_isotonic(probs, labels)
+    again = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.transform(probs), cal.transform(probs))
+    iso = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(
+        probs[:, 2], labels == 2)
+    raw = np.column_stack([
+        np.interp(probs[:, k], np.asarray(x), np.asarray(y))
+        for k, (x, y) in enumerate(cal.isotonic)
+    ])
+    np.testing.assert_allclose(raw[:, 2], iso.predict(probs[:, 2]), atol=1e-12)
+    np.testing.assert_allclose(cal.transform(probs).sum(axis=1), 1.0)
+
+
+def test_auto_prefers_calibrating_a_distorted_model_and_records_why():
+    probs, labels = _overconfident(3000, 0.4, seed=2)
+    cal = fit_calibrator(probs, labels, method="auto", groups=np.arange(3000) // 2)
+    assert cal.method in ("temperature", "isotonic")
+    nlls = cal.selection["nll"]
+    assert nlls[cal.method] < nlls["none"]
+
+
+def test_auto_keeps_a_calibrated_model_close_to_identity():
+    probs, labels = _overconfident(3000, 1.0, seed=3)
+    cal = fit_calibrator(probs, labels, method="auto")
+    assert cal.method in ("none", "temperature")
+    if cal.method == "temperature":
+        assert cal.temperature == pytest.approx(1.0, abs=0.1)
+
+
+def test_unknown_method_is_a_config_error():
+    with pytest.raises(ConfigError, match="'method' parameter of fit_calibrator"):
+        fit_calibrator(np.full((3, 2), 0.5), np.array([0, 1, 0]), method="platt")
+
+
+def test_reliability_bins_and_ece_by_hand():
+    probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.55, 0.45], [0.55, 0.45]])
+    labels = np.array([0, 1, 0, 0])
+    bins = reliability_curve(probs, labels, n_bins=10)
+    assert [b["n"] for b in bins] == [2, 2]
+    assert bins[0]["accuracy"] == 1.0 and bins[1]["accuracy"] == 0.5
+    # |1 - 0.55| * 0.5 + |0.5 - 0.95| * 0.5
+    assert expected_calibration_error(probs, labels) == pytest.approx(0.45)

@@ -1,0 +1,161 @@
+"""Tests of skin_core.meta.features: OOF validation, pivoting and the feature builder."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skin_core.constants import prob_columns
+from skin_core.errors import DataError
+from skin_core.meta.features import (
+    MetaFeatureWarning,
+    build_features,
+    feature_name,
+    oof_to_wide,
+    wide_from_probs,
+)
+from skin_core.meta.synthetic import make_synthetic_oof
+
+CLASSES = ("MEL", "NV", "BCC")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return make_synthetic_oof(60, classes=CLASSES, archs=("a", "b@s1"), n_folds=3, seed=3)
+
+
+def test_wide_has_one_row_per_image_and_model_columns(tiny):
+    oof, _ = tiny
+    wide = oof_to_wide(oof)
+    assert wide.models == ("a", "b@s1")
+    assert wide.classes == CLASSES
+    assert len(wide.table) == 60
+    assert wide.stacked().shape == (2, 60, 3)
+    row = oof[(oof["model"] == "b@s1")].set_index("image_id").loc[wide.table.index[5]]
+    np.testing.assert_allclose(wide.probs("b@s1")[5], row[prob_columns(CLASSES)].to_numpy(float))
+
+
+def test_missing_oof_for_some_images_is_an_error_or_an_explicit_restriction(tiny):
+    oof, _ = tiny
+    cut = oof.drop(oof.index[(oof["model"] == "a") & oof["image_id"].isin(["SYN_0000007"])])
+    with pytest.raises(DataError, match=r"no out-of-fold predictions.*SYN_0000007.*--restrict"):
+        oof_to_wide(cut)
+    wide = oof_to_wide(cut, restrict=True)
+    assert wide.dropped == ("SYN_0000007",)
+    assert "SYN_0000007" not in wide.table.index and len(wide.table) == 59
+
+
+def test_mismatched_class_lists_between_models_are_refused(tiny):
+    oof, _ = tiny
+    bad = oof.copy()
+    sel = bad["model"] == "b@s1"
+    bad.loc[sel, "prob_NV"] += bad.loc[sel, "prob_BCC"]
+    bad.loc[sel, "prob_BCC"] = np.nan
+    with pytest.raises(DataError, match=r"different class lists.*a predicts.*BCC.*b@s1"):
+        oof_to_wide(bad)
+
+
+def test_run_classes_must_match_probability_columns(tiny):
+    oof, _ = tiny
+    with pytest.raises(DataError, match="run's classes"):
+        oof_to_wide(oof, classes=("MEL", "NV", "BCC", "AK"))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.drop(columns=["fold"]), "lacks the column"),
+        (lambda d: pd.concat([d, d.iloc[:1]]), "duplicate"),
+        (lambda d: d.assign(label=d["label"].where(d.index != 0, "XYZ")), "'XYZ'"),
+        (lambda d: d.assign(prob_MEL=d["prob_MEL"] + 0.5), "non-normalised"),
+    ],
+)
+def test_bad_oof_tables_get_one_clear_sentence(tiny, mutate, message):
+    oof, _ = tiny
+    with pytest.raises(DataError, match=message):
+        oof_to_wide(mutate(oof.copy()))
+
+
+def test_fold_must_agree_across_models(tiny):
+    oof, _ = tiny
+    bad = oof.copy()
+    i = bad.index[(bad["model"] == "a")][0]
+    bad.loc[i, "fold"] = (bad.loc[i, "fold"] + 1) % 3
+    with pytest.raises(DataError, match="different fold"):
+        oof_to_wide(bad)
+
+
+def test_features_order_categories_and_missing_values(tiny):
+    oof, meta = tiny
+    meta = meta.copy()
+    meta.loc[0, "age_approx"] = np.nan
+    meta.loc[1, "sex"] = np.nan
+    meta.loc[2, "anatom_site_general"] = "Head/Neck "
+    X, spec = build_features(oof, meta)
+    expected = [feature_name(m, c) for m in ("a", "b@s1") for c in CLASSES]
+    expected += [f"p__mean__{c}" for c in CLASSES] + ["age_approx", "sex", "anatom_site_general"]
+    assert list(X.columns) == expected == list(spec.columns)
+    assert "b_s1" in feature_name("b@s1", "MEL")
+    assert np.isnan(X.loc["SYN_0000000", "age_approx"])
+    assert X.loc["SYN_0000001", "sex"] == "unknown"
+    assert X.loc["SYN_0000002", "anatom_site_general"] == "head/neck"
+    assert list(X["sex"].cat.categories) == ["male", "female", "unknown"]
+    assert X["anatom_site_general"].cat.categories[-1] == "unknown"
+    np.testing.assert_allclose(
+        X[[f"p__mean__{c}" for c in CLASSES]].to_numpy(),
+        oof_to_wide(oof).stacked().mean(axis=0),
+    )
+
+
+def test_unknown_site_names_are_reported_and_treated_as_unknown(tiny):
+    oof, meta = tiny
+    meta = meta.copy()
+    meta.loc[4, "anatom_site_general"] = "left elbow"
+    with pytest.warns(MetaFeatureWarning, match="left elbow"):
+        X, spec = build_features(oof, meta, source="meta.csv")
+    assert X.loc["SYN_0000004", "anatom_site_general"] == "unknown"
+    assert spec.unknown_values == {"anatom_site_general": ["left elbow"]}
+
+
+def test_features_never_depend_on_the_label(tiny):
+    oof, meta = tiny
+    X1, _ = build_features(oof, meta)
+    rng = np.random.default_rng(0)
+    shuffled = dict(zip(meta["image_id"], rng.permutation(meta["label"].to_numpy()),
+                        strict=True))
+    oof2 = oof.assign(label=oof["image_id"].map(shuffled))
+    meta2 = meta.assign(label=meta["image_id"].map(shuffled))
+    X2, _ = build_features(oof2, meta2)
+    pd.testing.assert_frame_equal(X1, X2)
+
+
+def test_spec_rebuilds_identical_features_from_prediction_time_arrays(tiny):
+    oof, meta = tiny
+    X, spec = build_features(oof, meta, use_logits=True)
+    wide = oof_to_wide(oof)
+    again = wide_from_probs(wide.table.index, {m: wide.probs(m) for m in wide.models}, CLASSES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        X2, spec2 = build_features(again, meta, spec=spec)
+    pd.testing.assert_frame_equal(X, X2)
+    assert spec2.columns == spec.columns and spec.use_logits
+
+
+def test_metadata_without_a_row_for_an_image_is_refused(tiny):
+    oof, meta = tiny
+    with pytest.raises(DataError, match=r"no row for 1 of the 60.*SYN_0000009"):
+        build_features(oof, meta[meta["image_id"] != "SYN_0000009"], source="meta.csv")
+
+
+def test_quality_columns_become_features_with_nan_for_absent_images(tiny):
+    oof, meta = tiny
+    q = pd.DataFrame({"image_id": meta["image_id"][:50], "blur_score": np.arange(50.0),
+                      "is_blurry": [True, False] * 25})
+    X, spec = build_features(oof, meta, quality=q)
+    assert spec.quality_columns == ("blur_score", "is_blurry")
+    assert X.loc["SYN_0000003", "q_blur_score"] == 3.0
+    assert X.loc["SYN_0000000", "q_is_blurry"] == 1.0
+    assert np.isnan(X.loc["SYN_0000055", "q_blur_score"])
