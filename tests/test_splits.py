@@ -192,7 +192,7 @@ def test_write_and_read_folds_round_trip(tmp_path):
         ("image_id,fold\na,0\na,1\nb,1\n", r"line 3, column 'image_id': image 'a' is listed twice"),
         ("image_id,fold\na,0\nb,1\nz,1\nc,0\n", r"line 4, column 'image_id': image 'z' is not in"),
         ("image_id,fold\na,0\n", r"2 image\(s\) of the dataset have no fold \(first: 'b'\)"),
-        ("image,fold\na,0\n", r"has no column 'image_id'"),
+        ("image,fold\na,0\n", r"have no column 'image_id'"),
         ("image_id,fold\na,0\nb,1\nc,0\n", r"lesion 'L' has images in 2 folds"),
     ],
 )
@@ -204,6 +204,19 @@ def test_read_folds_rejects_bad_files(tmp_path, text, needle):
     with pytest.raises(DataError, match=needle) as e:
         read_folds(path, table)
     assert "folds.csv" in str(e.value)
+
+
+def test_read_folds_validates_in_memory_folds():
+    table = pd.DataFrame({"image_id": list("abc"), "label": list("AAB"),
+                          "lesion_id": ["L", "L", None]})
+    good = pd.Series([1, 1, 0], index=list("abc"))
+    assert read_folds(good, table).tolist() == [1, 1, 0]
+    frame = pd.DataFrame({"image_id": list("cab"), "fold": [0, 1, 1]})
+    assert read_folds(frame, table).tolist() == [1, 1, 0]
+    with pytest.raises(DataError, match=r"the folds, row 2, image 'b', column 'fold': '-1'"):
+        read_folds(pd.Series([0, -1, 0], index=list("abc")), table)
+    with pytest.raises(DataError, match=r"the folds, column 'fold': lesion 'L'"):
+        read_folds(pd.Series([0, 1, 0], index=list("abc")), table)
 
 
 def test_read_folds_missing_file(tmp_path):

@@ -194,6 +194,11 @@ def fold_report(table: object, folds: pd.Series) -> dict:
     }
 
 
+def _isin(s: pd.Series, values: pd.Series) -> np.ndarray:
+    """Membership through object arrays (pandas' Arrow-string ``isin`` is slow for many values)."""
+    return pd.Index(s.to_numpy(dtype=object), dtype=object).isin(values.to_numpy(dtype=object))
+
+
 def write_folds(folds: pd.Series | pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write ``folds.csv`` (``image_id,fold``) atomically.
 
@@ -217,13 +222,16 @@ def write_folds(folds: pd.Series | pd.DataFrame, path: str | os.PathLike[str]) -
     atomic_write_csv(path, out)
 
 
-def read_folds(path: str | os.PathLike[str], table: object) -> pd.Series:
-    """Read and validate ``folds.csv`` against a dataset table.
+def read_folds(
+    path: str | os.PathLike[str] | pd.Series | pd.DataFrame, table: object
+) -> pd.Series:
+    """Read and validate ``folds.csv`` (or in-memory folds) against a dataset table.
 
     Parameters
     ----------
     path:
-        A CSV with columns ``image_id`` and ``fold`` (integers ``0..k-1``).
+        A CSV with columns ``image_id`` and ``fold`` (integers ``0..k-1``), or the same as a
+        DataFrame, or a Series of folds indexed by ``image_id`` (as :func:`make_folds` returns).
     table:
         The :class:`~skin_core.data.tables.Dataset` (or table DataFrame) the folds are for.
 
@@ -237,21 +245,34 @@ def read_folds(path: str | os.PathLike[str], table: object) -> pd.Series:
     DataError
         Missing file or column, a non-integer or negative fold, a repeated image id, an
         image of the table without a fold, an id not in the table, or a lesion in two folds.
-        The message names the file, line/id and column.
+        The message names the file (line) or, for in-memory folds, the row, and the column.
     """
     df = _table_of(table)
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"The folds file {path} does not exist; make it with skin-core data folds.")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"The folds file {path} is not a readable CSV ({e}); rewrite it.") from e
+    if isinstance(path, (pd.Series, pd.DataFrame)):
+        if isinstance(path, pd.Series):
+            raw = pd.DataFrame({IMAGE_ID: path.index.to_numpy(), FOLD: path.to_numpy()})
+        else:
+            raw = path.reset_index(drop=True)
+        raw = raw.astype({c: "str" for c in (IMAGE_ID, FOLD) if c in raw.columns})
+        path, row_word, offset = "the folds", "row", 1
+    else:
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise DataError(
+                f"The folds file {path} does not exist; make it with skin-core data folds."
+            )
+        try:
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise DataError(
+                f"The folds file {path} is not a readable CSV ({e}); rewrite it."
+            ) from e
+        row_word, offset = "line", 2  # line 1 is the header
     missing = [c for c in (IMAGE_ID, FOLD) if c not in raw.columns]
     if missing:
         raise DataError(
-            f"The folds file {path} has no column {', '.join(repr(c) for c in missing)} (found "
-            f"{', '.join(repr(c) for c in raw.columns)}); it must have image_id,fold."
+            f"The folds {path} have no column {', '.join(repr(c) for c in missing)} (found "
+            f"{', '.join(repr(str(c)) for c in raw.columns)}); they must have image_id,fold."
         )
     ids = raw[IMAGE_ID].str.strip()
     fold_num = pd.to_numeric(raw[FOLD].str.strip(), errors="coerce")
@@ -259,26 +280,28 @@ def read_folds(path: str | os.PathLike[str], table: object) -> pd.Series:
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
-            f"{path}, line {i + 2}, image '{ids.iat[i]}', column 'fold': {raw[FOLD].iat[i]!r} "
-            "is not a fold number (an integer >= 0); fix the file or remake it."
+            f"{path}, {row_word} {i + offset}, image '{ids.iat[i]}', column 'fold': "
+            f"{raw[FOLD].iat[i]!r} is not a fold number (an integer >= 0); fix the file or "
+            "remake it."
         )
     dup = ids.duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         raise DataError(
-            f"{path}, line {i + 2}, column 'image_id': image '{ids.iat[i]}' is listed twice; "
-            "each image needs exactly one fold."
+            f"{path}, {row_word} {i + offset}, column 'image_id': image '{ids.iat[i]}' is "
+            "listed twice; each image needs exactly one fold."
         )
     series = pd.Series(fold_num.astype("int64").to_numpy(), index=ids.to_numpy())
     table_ids = df[IMAGE_ID]
-    unknown = ~ids.isin(table_ids)
+    unknown = ~_isin(ids, table_ids)
     if unknown.any():
-        i = int(np.flatnonzero(unknown.to_numpy())[0])
+        i = int(np.flatnonzero(unknown)[0])
         raise DataError(
-            f"{path}, line {i + 2}, column 'image_id': image '{ids.iat[i]}' is not in the "
-            f"dataset ({int(unknown.sum())} such ids); use the folds made for this dataset."
+            f"{path}, {row_word} {i + offset}, column 'image_id': image '{ids.iat[i]}' is not "
+            f"in the dataset ({int(unknown.sum())} such ids); use the folds made for this "
+            "dataset."
         )
-    absent = ~table_ids.isin(ids)
+    absent = ~_isin(table_ids, ids)
     if absent.any():
         first = table_ids[absent].iloc[0]
         raise DataError(
