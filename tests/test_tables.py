@@ -372,6 +372,13 @@ def test_ham10000_ground_truth_conflicts_are_errors(tmp_path):
     assert "not in the ISIC 2019 ground truth" in reasons["ISIC_0024311"]
 
 
+def test_ham10000_bad_age_names_the_age_column(tmp_path):
+    rows = [*HAM_ROWS[:2], ("HAM_9", "ISIC_0024312", "nv", "histo", "old", "male", "back")]
+    root = write_ham(tmp_path / "ham", rows)
+    with pytest.raises(DataError, match=r"line 4, image 'ISIC_0024312', column 'age': age 'old'"):
+        load_dataset(f"ham10000:{root}")
+
+
 def test_ham10000_unknown_dx_and_missing_images(tmp_path):
     rows = [*HAM_ROWS[:2], ("HAM_9", "ISIC_0099999", "melanoma", "histo", "1", "male", "back")]
     root = write_ham(tmp_path / "ham", rows)

@@ -61,7 +61,7 @@ from skin_core.constants import (
     SITE_VALUES,
     TABLE_COLUMNS,
 )
-from skin_core.errors import ConfigError, DataError
+from skin_core.errors import ConfigError, DataError, ImageError
 
 __all__ = [
     "Dataset",
@@ -384,7 +384,6 @@ def verify_images(
         (without ``skip_bad``) the first unreadable image, naming its id, file and the cause.
     """
     from skin_core.data.images import read_image
-    from skin_core.errors import ImageError
 
     t = dataset.table
     bad: list[tuple[int, str, str, str]] = []
@@ -687,8 +686,10 @@ def _finalize(
     else:
         frame[LESION_ID] = pd.Series(np.nan, index=frame.index, dtype="str")
     # age_approx: numeric in [0, 120] or NaN
+    age_column = AGE
     if AGE not in frame.columns and "age" in frame.columns:
         frame[AGE] = frame["age"]
+        age_column = "age"  # name the column as the file does
     if AGE in frame.columns:
         raw = _strip(frame[AGE])
         raw = raw.where(~raw.str.lower().isin(_MISSING_WORDS))
@@ -697,7 +698,7 @@ def _finalize(
         if bad.any():
             reason = "age '" + raw.astype(str) + "' is not a number of years in 0-120; " \
                 "correct it or leave the cell empty"
-            problems.add(bad, frame, column=AGE, reason=reason, line_col=age_line_col,
+            problems.add(bad, frame, column=age_column, reason=reason, line_col=age_line_col,
                          file_col=age_file_col)
         frame[AGE] = age.where(~bad).astype("float64")
     else:
@@ -948,8 +949,6 @@ def _load_ham10000(
         classes = HAM10000_CLASSES
         label = dx
     meta[LABEL] = label
-    if "age" in meta.columns and AGE not in meta.columns:
-        meta[AGE] = meta["age"]
     if "localization" in meta.columns:
         meta[SITE] = meta["localization"]
     if "dataset" in meta.columns and "source" not in meta.columns:
