@@ -31,7 +31,7 @@ _C = {
     "mid_brown": (130, 78, 45),
     "dark_brown": (82, 45, 28),
     "black": (38, 28, 28),
-    "blue_grey": (105, 112, 135),
+    "blue_grey": (112, 114, 130),
     "blue_white": (165, 175, 200),
     "pink": (228, 150, 150),
     "pearly": (236, 190, 185),
@@ -41,6 +41,8 @@ _C = {
     "white": (242, 236, 228),
     "yellow_white": (236, 222, 170),
 }
+_N_ANGLES = 1024  # resolution of the tabulated lesion border
+
 PALETTE: dict[str, np.ndarray] = {k: np.array(v, np.float32) / 255.0 for k, v in _C.items()}
 
 #: Dermoscopic structures a lesion may show; each class has an affinity in [0, 1] for each.
@@ -94,7 +96,7 @@ LOOKS: dict[str, ClassLook] = {
     "MEL": ClassLook(
         radius=(0.22, 0.40), aspect=(0.6, 0.95), irregularity=(0.07, 0.18), edge=(0.04, 0.25),
         colours=(("mid_brown", 2.0), ("dark_brown", 2.0), ("light_brown", 1.5), ("black", 1.0),
-                 ("blue_grey", 1.0), ("red", 0.15)),
+                 ("blue_grey", 0.6), ("red", 0.08)),
         n_colours=(2, 4), opacity=(0.65, 0.95),
         features={"network": 0.45, "atypical_net": 0.55, "globules": 0.30, "black_dots": 0.5,
                   "streaks": 0.35, "veil": 0.5, "regression": 0.3, "dotted": 0.15,
@@ -174,10 +176,20 @@ def _fbm(rng: np.random.Generator, size: int, cells: tuple[int, ...]) -> np.ndar
 
 
 def _blend(img: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> None:
-    """In place: ``img = img * (1 - alpha) + colour * alpha`` (alpha HxW, colour RGB or HxWx3)."""
-    a = alpha[..., None]
-    img *= 1.0 - a
-    img += a * colour
+    """In place: ``img = img * (1 - alpha) + colour * alpha`` (alpha HxW, colour RGB or HxWx3).
+
+    Only the bounding box of the non-zero alpha is touched (most layers are lesion-sized).
+    """
+    rows = np.flatnonzero(alpha.any(axis=1))
+    if rows.size == 0:
+        return
+    cols = np.flatnonzero(alpha.any(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    a = alpha[box][..., None]
+    if isinstance(colour, np.ndarray) and colour.ndim == 3:
+        colour = colour[box]
+    sub = img[box]
+    sub += a * (colour - sub)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -240,8 +252,9 @@ def _network(img, rng, inside, mask, strength, atypical):
     ang = float(rng.uniform(0, math.pi))
     warp_u = (0.8 + 0.8 * atypical) * period * _fbm(rng, size, (6, 14))
     warp_v = (0.8 + 0.8 * atypical) * period * _fbm(rng, size, (6, 14))
-    u = (xx * math.cos(ang) - yy * math.sin(ang)) + warp_u
-    v = (xx * math.sin(ang) + yy * math.cos(ang)) + warp_v
+    fine = max(4, int(size / period / 1.5))  # wobble of the individual cell walls
+    u = (xx * math.cos(ang) - yy * math.sin(ang)) + warp_u + 0.3 * period * _noise(rng, size, fine)
+    v = (xx * math.sin(ang) + yy * math.cos(ang)) + warp_v + 0.3 * period * _noise(rng, size, fine)
     # hexagonal cells: the sum of three cosines is low on the cell walls
     h = np.cos(k * u) + np.cos(k * (0.5 * u + 0.866 * v)) + np.cos(k * (0.5 * u - 0.866 * v))
     width = 0.2 + (0.9 * atypical) * (0.5 + 0.5 * _noise(rng, size, 6))
@@ -374,13 +387,15 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
     v = (-dx * math.sin(rot) + dy * math.cos(rot)) / aspect
     rho = np.sqrt(u * u + v * v)
     irr = _u(rng, look["irregularity"])
-    rad = np.ones((size, size), np.float32)
-    z = (u + 1j * v) / np.maximum(rho, 1e-6)  # exp(i theta)
-    zk = z * z
-    for k in range(2, 9):  # sum of border harmonics amp * cos(k theta + phase)
+    # border = sum of harmonics amp * cos(k theta + phase), tabulated over the angle
+    angles = np.linspace(-math.pi, math.pi, _N_ANGLES, endpoint=False)
+    table = np.ones(_N_ANGLES)
+    for k in range(2, 9):
         amp = irr * rng.uniform(0.3, 1.0) / (1.0 + 0.25 * (k - 2))
-        rad += (amp * np.exp(1j * rng.uniform(0, 2 * math.pi)) * zk).real.astype(np.float32)
-        zk = zk * z
+        table += amp * np.cos(k * angles + rng.uniform(0, 2 * math.pi))
+    theta = np.arctan2(v, u)
+    idx = ((theta + math.pi) * (_N_ANGLES / (2 * math.pi))).astype(np.int32) % _N_ANGLES
+    rad = table.astype(np.float32)[idx]
     rad += 0.5 * irr * _noise(rng, size, 12)  # fine border roughness
     rad *= r0
     inside = 1.0 - rho / rad  # 1 at the centre, 0 on the border, < 0 outside
@@ -571,20 +586,21 @@ def render_view(frame: np.ndarray, *, view_seed: int, hair: bool, ruler: bool,
     else:
         img = img.copy()
     # white balance, exposure and uneven illumination
-    img *= rng.uniform(0.93, 1.05, 3).astype(np.float32) * rng.uniform(0.9, 1.05)
-    yy, xx = np.ogrid[0:size, 0:size]
-    gx, gy = rng.normal(0, 0.08, 2)
+    wb = rng.uniform(0.93, 1.05, 3).astype(np.float32) * np.float32(rng.uniform(0.9, 1.05))
+    xx = np.arange(size, dtype=np.float32)[None, :]
+    yy = np.arange(size, dtype=np.float32)[:, None]
+    gx, gy = (float(g) for g in rng.normal(0, 0.08, 2))
     r2 = ((xx - size / 2) ** 2 + (yy - size / 2) ** 2) / (size / 2) ** 2
     light = 1.0 + gx * (xx / size - 0.5) + gy * (yy / size - 0.5) - 0.08 * r2
-    img *= light.astype(np.float32)[..., None]
+    img *= light[..., None] * wb
     if hair:
         _hairs(img, rng)
     if ruler:
         _ruler(img, rng)
     if vignette:
         radius = rng.uniform(0.52, 0.72) * size
-        d = np.sqrt((xx - size / 2 - rng.normal(0, 0.02) * size) ** 2
-                     + (yy - size / 2 - rng.normal(0, 0.02) * size) ** 2).astype(np.float32)
+        ox, oy = (float(o) * size for o in rng.normal(0, 0.02, 2))
+        d = np.sqrt((xx - size / 2 - ox) ** 2 + (yy - size / 2 - oy) ** 2)
         field = _smoothstep((radius - d) / (0.03 * size))
         img *= field[..., None]
         img += (1 - field[..., None]) * 0.04
