@@ -203,6 +203,15 @@ def test_isic2019_missing_files_and_columns(tmp_path):
         load_dataset(f"isic2019:{root}")
 
 
+def test_isic2019_metadata_without_lesion_id_column_is_noted(tmp_path):
+    root = write_isic(tmp_path / "isic", ROWS[:2], META[:2])
+    meta = pd.read_csv(root / tables.ISIC2019_METADATA).drop(columns="lesion_id")
+    meta.to_csv(root / tables.ISIC2019_METADATA, index=False)
+    ds = load_dataset(f"isic2019:{root}")
+    assert ds.table["lesion_id"].isna().all()
+    assert any("no column lesion_id" in n and "own group" in n for n in ds.notes)
+
+
 def test_isic2019_duplicate_metadata_row_is_an_error(tmp_path):
     root = write_isic(tmp_path / "isic", ROWS[:2], [*META[:2], META[1]])
     with pytest.raises(DataError, match=r"line 4, image 'ISIC_0000001'.*row at line 3"):

@@ -862,6 +862,13 @@ def _load_isic2019(
             f"({int(mdup.sum())} repeated rows in all); keep one row per image."
         )
     meta_cols = [c for c in (AGE, SEX, SITE, LESION_ID) if c in meta.columns]
+    absent = [c for c in (AGE, SEX, SITE, LESION_ID) if c not in meta.columns]
+    if absent:
+        notes.append(
+            f"{ISIC2019_METADATA} has no column {', '.join(absent)}; those values are missing"
+            + (" and every image is its own group in folds (lesions cannot be kept together)"
+               if LESION_ID in absent else "")
+        )
     frame = gt.copy()
     frame[IMAGE_ID] = _strip(frame[IMAGE_ID])
     frame = frame.merge(meta[[IMAGE_ID, "_meta_line", "_meta_file", *meta_cols]], on=IMAGE_ID,
