@@ -482,9 +482,8 @@ class _Problems:
         probs = self.frame()
         if probs.empty:
             return frame, _empty_skipped()
-        probs = probs.assign(_order=probs["line"].fillna(-1)).sort_values(
-            ["_order", "_row"], kind="stable"
-        )
+        # table order (the main file's line order); the first problem added for a row first
+        probs = probs.sort_values("_row", kind="stable")
         if not skip_bad:
             first = probs.iloc[0]
             n_rows = probs["_row"].nunique()
@@ -495,16 +494,26 @@ class _Problems:
                 else ""
             )
             raise DataError(f"{_where(first, line_word)}: {first['reason']}{more}; {_SKIP_HINT}.")
-        grouped = probs.groupby("_row", sort=False)
-        skipped = grouped.agg(
-            file=("file", "first"),
-            line=("line", "first"),
-            image_id=(IMAGE_ID, "first"),
-            column=("column", lambda s: ", ".join(dict.fromkeys(s))),
-            reason=("reason", lambda s: "; ".join(dict.fromkeys(s))),
-        ).reset_index(drop=True)
+        several = probs["_row"].duplicated(keep=False)
+        merged = (
+            probs[several]
+            .groupby("_row", sort=False)
+            .agg(
+                file=("file", "first"),
+                line=("line", "first"),
+                image_id=(IMAGE_ID, "first"),
+                column=("column", lambda s: ", ".join(dict.fromkeys(s))),
+                reason=("reason", lambda s: "; ".join(dict.fromkeys(s))),
+            )
+            .reset_index()
+        )
+        skipped = (
+            pd.concat([probs[~several], merged], ignore_index=True)
+            .sort_values("_row", kind="stable")
+            .reset_index(drop=True)
+        )
         skipped["line"] = skipped["line"].astype("Int64")
-        kept = frame.drop(index=list(grouped.groups))
+        kept = frame.drop(index=skipped["_row"].to_numpy())
         return kept, skipped[list(SKIPPED_COLUMNS)]
 
 
