@@ -272,6 +272,18 @@ def test_compute_quality_same_result_in_a_process_pool(tmp_path):
         assert serial.loc[3, m] == pytest.approx(one[m])
 
 
+@pytest.mark.timeout(120)
+def test_process_pool_survives_opencv_threads_used_before(tmp_path):
+    """Forking after OpenCV ran multi-threaded used to hang the workers."""
+    big = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3)).astype(np.uint8)
+    before = cv2.getNumThreads()
+    cv2.GaussianBlur(big, (0, 0), 3)  # starts OpenCV's thread pool in this process
+    paths = [save_jpeg(tmp_path / f"t{k}.jpg", texture(seed=k)) for k in range(4)]
+    df = compute_quality(paths, workers=2)
+    assert (df["error"] == "").all()
+    assert cv2.getNumThreads() == before
+
+
 def test_compute_quality_inputs_and_bad_input(tmp_path):
     p = save_jpeg(tmp_path / "x.jpg", texture())
     table = pd.DataFrame({"image_id": ["ID1"], "path": [str(p)], "label": ["NV"]})

@@ -27,9 +27,9 @@ column                        definition
 ``contrast``                  RMS contrast: standard deviation of grey / 255, in [0, 0.5]
 ``entropy``                   Shannon entropy of the 256-bin grey histogram (of every second
                               pixel in each direction), bits, in [0, 8]
-``vignette``                  ``1 - mean(corners) / mean(edge middles)`` of the grey image
-                              (squares of 1/8 of the short side in the four corners and at the
-                              middle of the four sides, away from a centred lesion): the dark
+``vignette``                  ``1 - mean(corners) / mean(edge middles)`` over an 8x8 grid of
+                              block means of that image (the 4 corner cells against the 8 cells
+                              at the middle of the sides, away from a centred lesion): the dark
                               round field of a dermatoscope gives values near 1, none about 0
 ``blur_score``                in [0, 1], lower = blurrier (as in cleanvision), see below
 ``is_blurry``                 ``blur_score < BLURRY_THRESHOLD`` (0.5)
@@ -127,6 +127,9 @@ MODEL_MEASURES: tuple[str, ...] = ("blur_score", "brightness", "contrast", "entr
 QUALITY_COLUMNS: tuple[str, ...] = (IMAGE_ID, *MEASURES, "blur_score", "is_blurry", "error")
 
 _EPS_LAP = 1e-3
+# cells of the 8x8 block-mean grid: the four corners, and the two middle cells of each side
+_CORNER_CELLS = (np.array([0, 0, 7, 7]), np.array([0, 7, 0, 7]))
+_SIDE_CELLS = (np.array([0, 0, 7, 7, 3, 4, 3, 4]), np.array([3, 4, 3, 4, 0, 0, 7, 7]))
 _EPS_WAVELET = 1e-6
 
 
@@ -250,16 +253,9 @@ def _measure_grey(grey_full: np.ndarray, long_side: int) -> tuple[float, ...]:
     hist = cv2.calcHist([sub], [0], None, [256], [0, 256]).ravel()
     p = hist[hist > 0] / sub.size
     entropy = float(-(p @ np.log2(p)))
-    c = max(1, min(gh, gw) // 8)
-    y2, x2 = (gh - c) // 2, (gw - c) // 2
-    corners = (
-        cv2.mean(grey[:c, :c])[0] + cv2.mean(grey[:c, gw - c:])[0]
-        + cv2.mean(grey[gh - c:, :c])[0] + cv2.mean(grey[gh - c:, gw - c:])[0]
-    )
-    sides = (
-        cv2.mean(grey[:c, x2: x2 + c])[0] + cv2.mean(grey[gh - c:, x2: x2 + c])[0]
-        + cv2.mean(grey[y2: y2 + c, :c])[0] + cv2.mean(grey[y2: y2 + c, gw - c:])[0]
-    )
+    cells = cv2.resize(grey, (8, 8), interpolation=cv2.INTER_AREA).astype(np.float64)
+    corners = cells[_CORNER_CELLS].mean()
+    sides = cells[_SIDE_CELLS].mean()
     vignette = 1.0 - corners / sides if sides > 0 else 0.0
     score = blur_score_from(lap, wavelet_ratio)
     return (
@@ -490,6 +486,15 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)
 
 
+def _pool_context() -> Any:
+    """``fork`` where available (workers start in milliseconds), else ``spawn``."""
+    import multiprocessing as mp
+
+    if "fork" in mp.get_all_start_methods():
+        return mp.get_context("fork")
+    return mp.get_context("spawn")  # pragma: no cover - Windows
+
+
 def default_workers() -> int:
     """CPU cores available to this process (at least 1)."""
     try:
@@ -524,13 +529,23 @@ def run_chunked(fn: Any, paths: Sequence[str], extra: tuple, *, workers: int | N
                 out[s] = fn((s, list(paths[s: s + chunk]), *extra))[1]
                 bar.update(min(chunk, n - s))
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
-                futures = [pool.submit(fn, (s, list(paths[s: s + chunk]), *extra))
-                           for s in starts]
-                for fut in as_completed(futures):
-                    s, res = fut.result()
-                    out[s] = res
-                    bar.update(min(chunk, n - s))
+            # A process forked while OpenCV's thread pool runs hangs at its first OpenCV call
+            # (the pool's threads do not survive fork). Shrinking the pool to one thread
+            # (which joins its threads) before forking makes the children safe; the caller's
+            # setting is restored afterwards.
+            n_threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
+                                         mp_context=_pool_context()) as pool:
+                    futures = [pool.submit(fn, (s, list(paths[s: s + chunk]), *extra))
+                               for s in starts]
+                    for fut in as_completed(futures):
+                        s, res = fut.result()
+                        out[s] = res
+                        bar.update(min(chunk, n - s))
+            finally:
+                cv2.setNumThreads(n_threads)
     finally:
         bar.close()
     return [out[s] for s in starts]
@@ -697,7 +712,7 @@ def cliffs_delta(x: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> T
     ``((m-1) s2_row + (n-1) s2_col + s2_ij) / (m n)`` and the CI is the asymmetric interval of
     Feng & Cliff (2004), which stays inside [-1, 1]. O((m + n) log n) via sorted ranks.
     """
-    from scipy.stats import norm
+    from scipy.special import ndtri
 
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -719,7 +734,7 @@ def cliffs_delta(x: np.ndarray, y: np.ndarray, *, confidence: float = 0.95) -> T
         var = ((n - 1) * s2_row + (m - 1) * s2_col + s2_ij) / (m * n)
         var = max(var, 1e-12 / (m * n))
         se = math.sqrt(var)
-        z = float(norm.ppf(0.5 + confidence / 2))
+        z = float(ndtri(0.5 + confidence / 2))
         root = z * se * math.sqrt((1 - d * d) ** 2 + z * z * var)
         denom = 1 - d * d + z * z * var
         ci = (
