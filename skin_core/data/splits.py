@@ -12,12 +12,12 @@ with the fewest images of that class, so classes whose images are all their own 
 per-fold counts within +-1 of even; deterministic per seed.
 
 Why not scikit-learn's ``StratifiedGroupKFold`` (the first choice): measured side by side on
-the real ISIC 2019 metadata and on 300 random tables it gives the same balance (identical
+the real ISIC 2019 metadata and on 200 random tables it gives the same balance (identical
 per-class spreads, no lesion split; see ``docs/data.md``), but it refuses valid inputs
 (``ValueError`` when every class has fewer images than folds, e.g. 10 images of 4 classes in 4
-folds, found by the property tests) and is about 25 times slower (2 s against 0.09 s on the
-25,331 ISIC 2019 images). ``tests/test_splits.py`` keeps it as a reference: the greedy folds
-must be at least as balanced.
+folds, found by the property tests) and is about 30 times slower on the 25,331 ISIC 2019
+images (``bench/bench_tables.py``). ``tests/test_splits.py`` keeps it as a reference: the
+greedy folds must be at least as balanced.
 """
 
 from __future__ import annotations
