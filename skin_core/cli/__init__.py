@@ -10,9 +10,13 @@ printed to stderr and the exit status is 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from skin_core import __version__
 from skin_core.errors import SkinCoreError
@@ -25,6 +29,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "difficulty",
     "quality",
     "readers",
+    "meta",
+    "study",
 )
 
 
@@ -56,3 +62,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("skin-core: interrupted; finished outputs are kept and --resume continues.",
               file=sys.stderr)
         return 130
+
+
+def invoke(argv: Sequence[str]) -> Any:
+    """Run one verb in this process with ``--json`` and return its parsed JSON result.
+
+    The study orchestration uses this so that each step runs exactly the code of its verb.
+    Errors propagate (:class:`~skin_core.errors.SkinCoreError` for bad input); the verb's
+    progress bars still go to stderr.
+    """
+    argv = list(argv)
+    if "--json" not in argv:
+        argv.append("--json")
+    args = build_parser().parse_args(argv)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        status = int(args.handler(args) or 0)
+    if status != 0:
+        raise SkinCoreError(f"skin-core {' '.join(argv)} exited with status {status}.")
+    text = buf.getvalue().strip()
+    return json.loads(text) if text else None
