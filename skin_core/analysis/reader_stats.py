@@ -575,7 +575,8 @@ def crossed_glmm(
     """Crossed logistic GLMM ``correct ~ group + (1|reader) + (1|image)`` by variational Bayes.
 
     Fitted with :class:`statsmodels.genmod.bayes_mixed_glm.BinomialBayesMixedGLM`
-    (``fit_vb``; the maintained Python implementation of crossed random effects). The effect is
+    (``fit_vb`` with L-BFGS-B; the maintained Python implementation of crossed random
+    effects). The effect is
     the posterior mean of the group coefficient (log odds ratio of a correct reading, group
     ``a`` vs ``b``, conditional on reader and image); the interval is mean +/- z * posterior SD.
     Mean-field variational posteriors are known to understate uncertainty, so the interval is
@@ -583,6 +584,7 @@ def crossed_glmm(
     """
     import pandas as pd
     from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
+    from threadpoolctl import threadpool_limits
 
     la, lb = labels
     df = pd.DataFrame({
@@ -595,7 +597,11 @@ def crossed_glmm(
     if df["reader"].nunique() > 1:
         vc["reader"] = "0 + C(reader)"
     model = BinomialBayesMixedGLM.from_formula("correct ~ grp", vc, df)
-    res = model.fit_vb()
+    # L-BFGS-B instead of the default BFGS: same optimum (posterior means agree to ~1e-4 in
+    # our checks) without BFGS's dense inverse Hessian over 2 x (readers + images)
+    # parameters (4,000 readings: 1 s instead of 30 s). BLAS threads only add contention here.
+    with threadpool_limits(limits=1, user_api="blas"):
+        res = model.fit_vb(fit_method="L-BFGS-B")
     mean, sd = float(res.fe_mean[1]), float(res.fe_sd[1])
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     vc_names = list(model.vcp_names)
@@ -607,8 +613,8 @@ def crossed_glmm(
         statistic=mean / sd if sd > 0 else NAN,
         p_value=NAN,
         method="logistic GLMM correct ~ group + (1|reader) + (1|image), variational Bayes "
-        "(statsmodels BinomialBayesMixedGLM.fit_vb); interval = posterior mean +/- z * SD; "
-        "statistic = posterior mean / SD",
+        "(statsmodels BinomialBayesMixedGLM.fit_vb, L-BFGS-B); interval = posterior mean "
+        "+/- z * SD; statistic = posterior mean / SD",
         effect_name=f"log odds ratio of a correct reading ({la} vs {lb}), posterior mean",
         assumptions="normal random intercepts for readers and images (crossed), logit link; "
         "variational posterior (mean-field) understates uncertainty, priors: statsmodels "
