@@ -5,6 +5,8 @@ Usage::
     .venv/bin/python bench/bench_synthetic.py                 # everything (about 2 minutes)
     .venv/bin/python bench/bench_synthetic.py --skip-full     # only the side-by-side ratios
     .venv/bin/python bench/bench_synthetic.py --learn         # add the learnability check
+    .venv/bin/python bench/bench_synthetic.py --skip-full --repeats 0 \
+        --contact-sheet docs/img/demo-contact-sheet.png           # redraw the docs picture
 
 Reports, in one run on this machine:
 
@@ -101,12 +103,48 @@ def learnability(tmp: Path, *, n: int = 600, seed: int = 0) -> dict[str, float]:
     }
 
 
+def contact_sheet(path: Path, tmp: Path, *, seed: int = 0, per_class: int = 3,
+                  thumb: int = 128) -> dict[str, object]:
+    """Write a labelled grid of ``per_class`` demo images per class (8 x per_class tiles)."""
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    from skin_core.constants import ISIC2019_CLASSES
+
+    out = tmp / "sheet"
+    shutil.rmtree(out, ignore_errors=True)
+    generate_demo_dataset(out, n=400, seed=seed, size=256, workers=2)
+    truth = pd.read_csv(out / "generation_truth.csv")
+    tiles = []
+    for c in ISIC2019_CLASSES:
+        for r in truth[truth["true_label"] == c].head(per_class).itertuples():
+            im = Image.open(out / "ISIC_2019_Training_Input" / f"{r.image_id}.jpg")
+            im = im.convert("RGB").resize((thumb, thumb), Image.Resampling.LANCZOS)
+            note = c
+            if r.is_blurred:
+                note += f" blur {r.blur_sigma:g}"
+            if r.is_ambiguous:
+                note += f" ~{r.ambiguous_with}"
+            draw = ImageDraw.Draw(im)
+            draw.rectangle((0, 0, 7 * len(note) + 6, 13), fill=(0, 0, 0))
+            draw.text((3, 1), note, fill=(255, 255, 255))
+            tiles.append(np.asarray(im))
+    cols = 2 * per_class
+    rows = [np.concatenate(tiles[i:i + cols], axis=1) for i in range(0, len(tiles), cols)]
+    sheet = Image.fromarray(np.concatenate(rows, axis=0))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    return {"path": str(path), "bytes": path.stat().st_size, "tiles": len(tiles)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200, help="images per ratio run (default 200)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-full", action="store_true", help="skip the 2,000-image run")
     ap.add_argument("--learn", action="store_true", help="add the learnability check")
+    ap.add_argument("--contact-sheet", type=Path, metavar="PNG",
+                    help="also write a contact sheet of 24 demo images to PNG")
     args = ap.parse_args()
 
     result: dict[str, object] = {"cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
@@ -121,16 +159,19 @@ def main() -> int:
             w1.append(_timed(tmp / "w1", n=args.n, seed=r, size=256, workers=1))
             w2.append(_timed(tmp / "w2", n=args.n, seed=r, size=256, workers=2))
             fl.append(_floor(args.n, 256, tmp / f"floor{r}"))
-        m1, m2, mf = (statistics.median(v) for v in (w1, w2, fl))
-        result["ratios"] = {
-            "n": args.n, "size": 256, "repeats": args.repeats,
-            "median_seconds": {"workers1": round(m1, 3), "workers2": round(m2, 3),
-                               "io_floor": round(mf, 3)},
-            "workers1_over_workers2": round(m1 / m2, 2),
-            "generate_over_floor": round(m2 / mf, 1),
-        }
+        if args.repeats > 0:
+            m1, m2, mf = (statistics.median(v) for v in (w1, w2, fl))
+            result["ratios"] = {
+                "n": args.n, "size": 256, "repeats": args.repeats,
+                "median_seconds": {"workers1": round(m1, 3), "workers2": round(m2, 3),
+                                   "io_floor": round(mf, 3)},
+                "workers1_over_workers2": round(m1 / m2, 2),
+                "generate_over_floor": round(m2 / mf, 1),
+            }
         if args.learn:
             result["learnability"] = learnability(tmp)
+        if args.contact_sheet:
+            result["contact_sheet"] = contact_sheet(args.contact_sheet, tmp)
     print(json.dumps(result, indent=2))
     return 0
 

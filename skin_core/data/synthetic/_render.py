@@ -41,6 +41,7 @@ _C = {
     "white": (242, 236, 228),
     "yellow_white": (236, 222, 170),
 }
+_ACCENTS = frozenset({"black", "blue_grey", "red"})
 _N_ANGLES = 1024  # resolution of the tabulated lesion border
 
 PALETTE: dict[str, np.ndarray] = {k: np.array(v, np.float32) / 255.0 for k, v in _C.items()}
@@ -197,10 +198,10 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _pick_colour(rng: np.random.Generator, colours: list[tuple[str, float]]) -> np.ndarray:
+def _pick_colour(rng: np.random.Generator, colours: list[tuple[str, float]]) -> str:
     names = [c for c, _ in colours]
     w = np.array([w for _, w in colours], np.float64)
-    return PALETTE[names[int(rng.choice(len(names), p=w / w.sum()))]]
+    return names[int(rng.choice(len(names), p=w / w.sum()))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +355,9 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
     strength = float(rng.uniform(0.45, 1.0))  # how textbook-like this lesion is
 
     # --- skin: tone, blotchy colour, fine texture and skin lines -------------------------------
-    tone = _SKIN[int(rng.integers(0, len(_SKIN)))] * rng.uniform(0.94, 1.04, 3).astype(np.float32)
+    # jitter green and blue against red so skin never turns greenish
+    jit = np.array([1.0, rng.uniform(0.95, 1.02), rng.uniform(0.94, 1.04)], np.float32)
+    tone = _SKIN[int(rng.integers(0, len(_SKIN)))] * jit
     img = np.empty((size, size, 3), np.float32)
     img[:] = tone
     blotch = _fbm(rng, size, (3, 7))
@@ -417,17 +420,23 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
         _blend(img, PALETTE["pink"] * 0.97, 0.55 * s_ery * halo * (0.8 + 0.2 * blotch))
 
     # --- lesion body: colour zones --------------------------------------------------------------
-    n_col = int(rng.integers(look["n_colours"][0], look["n_colours"][1] + 1))
-    colours = [_pick_colour(rng, look["colours"]) for _ in range(max(1, n_col))]
+    n_col = max(1, int(rng.integers(look["n_colours"][0], look["n_colours"][1] + 1)))
+    # the base colour is never an accent (blue-grey, black, red) unless the class has no other
+    base = [(c, w) for c, w in look["colours"] if c not in _ACCENTS] or look["colours"]
+    colours = [_pick_colour(rng, base)]
+    colours += [_pick_colour(rng, look["colours"]) for _ in range(n_col - 1)]
     body = np.empty_like(img)
-    body[:] = colours[0]
-    if len(colours) > 1:
+    body[:] = PALETTE[colours[0]]
+    if len(colours) > 1 and (mask > 0.5).any():
+        # nested zones of a smooth field; accents (blue-grey, black, red) stay small
         zone = _fbm(rng, size, (3, 6)) + 0.6 * (inside - 0.5)
-        order = np.argsort(rng.random(len(colours) - 1))
-        for j, idx in enumerate(order):
-            thr = np.quantile(zone[mask > 0.5], 0.25 + 0.45 * j / max(1, len(order))) \
-                if (mask > 0.5).any() else 0.0
-            _blend(body, colours[idx + 1], _smoothstep((zone - thr) * 2.5 + 0.5))
+        inner = zone[mask > 0.5]
+        for j, name in enumerate(colours[1:]):
+            q = 0.45 + 0.3 * j / (len(colours) - 1)
+            if name in _ACCENTS:
+                q = max(q, float(rng.uniform(0.75, 0.9)))
+            thr = float(np.quantile(inner, q))
+            _blend(body, PALETTE[name], _smoothstep((zone - thr) * 2.5 + 0.5))
     shade = 1.0 + 0.10 * _fbm(rng, size, (5, 11)) + 0.08 * _fbm(rng, size, (size // 10, size // 5))
     shade *= 1.0 - float(rng.uniform(0.0, 0.25)) * _smoothstep(np.clip(inside, 0, 1) * 1.5)
     body *= shade[..., None]
@@ -465,11 +474,11 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
     if s := present("veil"):
         t = rng.uniform(0, 2 * math.pi)
         c = (cx + 0.3 * r0 * math.cos(t), cy + 0.3 * r0 * math.sin(t))
-        veil = _blob(rng, size, c, r0 * rng.uniform(0.3, 0.55)) * mask
-        veil *= 0.6 + 0.4 * _fbm(rng, size, (4, 9))
+        veil = _blob(rng, size, c, r0 * rng.uniform(0.25, 0.45)) * mask
+        veil *= np.clip(0.55 + 0.45 * _fbm(rng, size, (4, 9)), 0, 1)
         tex = 1.0 + 0.12 * _fbm(rng, size, (size // 16, size // 8))[..., None]
-        _blend(img, PALETTE["blue_white"] * tex, 0.55 * s * veil)
-        _blend(img, PALETTE["blue_grey"], 0.25 * s * veil)
+        _blend(img, PALETTE["blue_white"] * tex, 0.45 * s * veil)
+        _blend(img, PALETTE["blue_grey"], 0.2 * s * veil)
     if s := present("regression"):
         t = rng.uniform(0, 2 * math.pi)
         c = (cx + 0.4 * r0 * math.cos(t), cy + 0.4 * r0 * math.sin(t))
@@ -586,7 +595,8 @@ def render_view(frame: np.ndarray, *, view_seed: int, hair: bool, ruler: bool,
     else:
         img = img.copy()
     # white balance, exposure and uneven illumination
-    wb = rng.uniform(0.93, 1.05, 3).astype(np.float32) * np.float32(rng.uniform(0.9, 1.05))
+    wb = np.array([1.0, rng.uniform(0.94, 1.0), rng.uniform(0.92, 1.03)], np.float32)
+    wb *= np.float32(rng.uniform(0.9, 1.05))  # white balance (red as reference) and exposure
     xx = np.arange(size, dtype=np.float32)[None, :]
     yy = np.arange(size, dtype=np.float32)[:, None]
     gx, gy = (float(g) for g in rng.normal(0, 0.08, 2))
