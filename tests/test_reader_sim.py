@@ -6,7 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skin_core.analysis.reader_sim import sample_study_images, simulate_readings
+from skin_core.analysis.reader_sim import (
+    sample_study_images,
+    simulate_demo_readings,
+    simulate_readings,
+)
 from skin_core.analysis.readers import analyze_readers
 from skin_core.cli import main
 from skin_core.constants import ISIC2019_CLASSES
@@ -125,3 +129,19 @@ def test_simulated_study_end_to_end(tmp_path, capsys):
     assert g["difficult"]["pooled_accuracy"] < g["control"]["pooled_accuracy"] - 0.2
     perm = next(t for t in study.tests if "permutation" in t.name)
     assert perm.effect < 0 and perm.p_value < 0.01
+
+
+def test_simulate_demo_readings_from_folder(tmp_path):
+    gt = _generation_truth(40, seed=3)
+    gt.to_csv(tmp_path / "generation_truth.csv", index=False)
+    everyone = simulate_demo_readings(tmp_path, n_readers=2, seed=0)
+    assert everyone.shape == (80, 3)
+    pd.testing.assert_frame_equal(everyone, simulate_readings(gt, n_readers=2, seed=0))
+    groups = pd.Series(["difficult"] * 10 + ["control"] * 30, index=gt["image_id"])
+    sample = simulate_demo_readings(tmp_path, groups=groups, n_per_group=5, n_readers=2)
+    assert sample["image_id"].nunique() == 10
+    whole = simulate_demo_readings(tmp_path, groups=groups.iloc[:12], n_per_group=None,
+                                   n_readers=1)
+    assert sorted(whole["image_id"]) == sorted(gt["image_id"][:12])
+    with pytest.raises(DataError, match="demo-data"):
+        simulate_demo_readings(tmp_path / "nowhere")

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
+from statsmodels.genmod.bayes_mixed_glm import BinomialBayesMixedGLM
 from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.inter_rater import aggregate_raters, cohens_kappa, fleiss_kappa
 from statsmodels.stats.proportion import confint_proportions_2indep
@@ -406,6 +407,14 @@ def test_glmm_recovers_direction():
         labels=("difficult", "control"))
     assert t.effect < 0 and t.ci[0] < t.effect < t.ci[1]
     assert math.isnan(t.p_value) and "variational Bayes" in t.method
+    # same optimum as statsmodels' default optimiser (BFGS)
+    df = pd.DataFrame({"correct": (rd["diagnosis"] == "MEL").astype(float).to_numpy(),
+                       "grp": rd["image_id"].str.startswith("difficult").astype(float).to_numpy(),
+                       "reader": rd["reader_id"].to_numpy(), "image": rd["image_id"].to_numpy()})
+    ref = BinomialBayesMixedGLM.from_formula(
+        "correct ~ grp", {"image": "0 + C(image)", "reader": "0 + C(reader)"}, df).fit_vb()
+    assert t.effect == pytest.approx(ref.fe_mean[1], abs=0.02)
+    assert t.extra["posterior_sd"] == pytest.approx(ref.fe_sd[1], rel=0.05)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -25,6 +25,7 @@ result depends only on the inputs and the seed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,8 @@ CONFUSION_PRIOR: dict[str, dict[str, float]] = {
 }
 
 _REQUIRED = ("image_id", "true_label")
+#: File name of the demo generator's per-image generation truth.
+GENERATION_TRUTH_CSV = "generation_truth.csv"
 
 
 def sample_study_images(
@@ -226,3 +229,43 @@ def simulate_readings(
         "image_id": np.tile(gt["image_id"].to_numpy(), n_readers),
         "diagnosis": answer.reshape(-1).astype(str),
     })
+
+
+def read_generation_truth(source: str | Path) -> pd.DataFrame:
+    """``generation_truth.csv`` of a demo dataset (the file, or the dataset folder holding it)."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / GENERATION_TRUTH_CSV
+    if not path.is_file():
+        raise DataError(f"The generation truth file {path} does not exist; build the demo "
+                        "dataset with 'skin-core demo-data --out DIR' first.")
+    try:
+        return pd.read_csv(path, dtype={"image_id": str, "true_label": str, "label": str,
+                                        "ambiguous_with": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"The generation truth file {path} is not a readable CSV ({e}); "
+                        "rebuild the demo dataset.") from e
+
+
+def simulate_demo_readings(
+    demo_dir: str | Path,
+    *,
+    groups: pd.Series | pd.DataFrame | None = None,
+    n_per_group: int | Mapping[str, int] | None = 50,
+    n_readers: int = 8,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Simulated ``readings.csv`` for a demo dataset folder, as the app's dashboard uses it.
+
+    With ``groups`` (e.g. ``difficulty.csv`` read by
+    :func:`skin_core.analysis.readers.read_groups`), ``n_per_group`` images per group are read
+    (all of them when ``n_per_group`` is None); without, every image is read.
+    """
+    gt = read_generation_truth(demo_dir)
+    if groups is None:
+        return simulate_readings(gt, n_readers=n_readers, seed=seed)
+    return simulate_readings(gt, groups=groups, n_per_group=n_per_group,
+                             images=None if n_per_group is not None else list(
+                                 groups.index if isinstance(groups, pd.Series)
+                                 else groups["image_id"]),
+                             n_readers=n_readers, seed=seed)

@@ -70,11 +70,11 @@ def register(subparsers: Any) -> None:
         "falls with each image's latent difficulty (blur, ambiguity) from generation_truth.csv, "
         "confusing classes plausibly; deterministic for a seed.",
     )
-    s.add_argument("--generation-truth", required=True, metavar="CSV",
-                   help="the demo dataset's generation_truth.csv")
+    s.add_argument("--generation-truth", required=True, metavar="CSV|DIR",
+                   help="the demo dataset's generation_truth.csv (or the dataset folder)")
     s.add_argument("--out", required=True, metavar="readings.csv", help="output CSV")
     s.add_argument("--groups", default=None, metavar="CSV",
-                   help="difficulty.csv or image_id,group CSV to sample images from")
+                   help="difficulty.csv or image_id,group CSV: read only its images")
     s.add_argument("--n-per-group", type=int, default=None, metavar="N",
                    help="read only N images per group (needs --groups; default: all images)")
     s.add_argument("--n-readers", type=int, default=8, metavar="R", help="readers (default 8)")
@@ -130,24 +130,17 @@ def run(args: argparse.Namespace) -> int:
 
 def run_simulate(args: argparse.Namespace) -> int:
     """Handler of ``skin-core readers simulate``; returns the exit status."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from skin_core.analysis.reader_sim import simulate_readings
+    from skin_core.analysis.reader_sim import read_generation_truth, simulate_readings
     from skin_core.analysis.readers import read_groups
-    from skin_core.errors import ConfigError, DataError
+    from skin_core.errors import ConfigError
     from skin_core.io import atomic_write_csv
 
-    path = Path(args.generation_truth)
-    if not path.is_file():
-        raise DataError(f"The generation truth file {path} does not exist; run 'skin-core "
-                        "demo-data' first or check the path.")
     if args.n_per_group is not None and args.groups is None:
         raise ConfigError("--n-per-group needs --groups (the groups to sample images from).")
-    gt = pd.read_csv(path, dtype={"image_id": str})
+    gt = read_generation_truth(args.generation_truth)
     groups = read_groups(args.groups) if args.groups else None
-    rd = simulate_readings(gt, groups=groups, n_per_group=args.n_per_group,
+    images = list(groups.index) if groups is not None and args.n_per_group is None else None
+    rd = simulate_readings(gt, groups=groups, n_per_group=args.n_per_group, images=images,
                            n_readers=args.n_readers, seed=args.seed)
     atomic_write_csv(args.out, rd)
     summary = {"out": str(args.out), "n_readings": int(len(rd)),
