@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -45,26 +46,33 @@ def _decode_chunk(args: tuple[int, list[str]]) -> tuple[int, None]:
     return start, None
 
 
-def time_decode(files: list[str], workers: int) -> float:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished (waited-for) descendants."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds)`` of ``fn(*args)`` including its worker processes."""
+    c0, t0 = _cpu(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0, _cpu() - c0
+
+
+def run_decode(files: list[str], workers: int) -> None:
     run_chunked(_decode_chunk, files, (), workers=workers, progress=False, desc="decode")
-    return time.perf_counter() - t0
 
 
-def time_quality(files: list[str], workers: int) -> float:
-    t0 = time.perf_counter()
+def run_quality(files: list[str], workers: int) -> None:
     df = compute_quality(files, workers=workers)
-    dt = time.perf_counter() - t0
     assert (df["error"] == "").all()
-    return dt
 
 
-def time_quality_cli(folder: str, workers: int, out: str) -> float:
-    t0 = time.perf_counter()
+def run_quality_cli(folder: str, workers: int, out: str) -> None:
     subprocess.run([sys.executable, "-m", "skin_core", "quality", "--images", folder,
                     "--out", out, "--workers", str(workers)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - t0
 
 
 def cleanvision_scores(files: list[str], workers: int) -> np.ndarray:
@@ -79,10 +87,6 @@ def cleanvision_scores(files: list[str], workers: int) -> np.ndarray:
     return lab.issues.loc[files, "blurry_score"].to_numpy(dtype=float)
 
 
-def time_cleanvision(files: list[str], workers: int) -> float:
-    t0 = time.perf_counter()
-    cleanvision_scores(files, workers)
-    return time.perf_counter() - t0
 
 
 def blur_aurocs(root: Path, n: int, seed: int, workers: int) -> dict:
@@ -162,9 +166,10 @@ def main() -> None:
     all_files = sorted(str(p) for p in (root / "images").glob("ISIC_*.jpg"))
     rng = np.random.default_rng(args.seed)
     files = sorted(all_files[i] for i in rng.choice(len(all_files), args.n, replace=False))
-    times: dict[str, list[float]] = {"decode": [], "quality": [], "quality_cli": []}
-    if not args.skip_cleanvision:
-        times["cleanvision"] = []
+    names = ["decode", "quality", "quality_cli"] + ([] if args.skip_cleanvision
+                                                    else ["cleanvision"])
+    times: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
     with tempfile.TemporaryDirectory() as tmp:
         folder = os.path.join(tmp, "images")
         os.mkdir(folder)
@@ -172,26 +177,35 @@ def main() -> None:
             os.symlink(f, os.path.join(folder, os.path.basename(f)))
         for f in files:  # warm the page cache once for everybody
             Path(f).read_bytes()
+        jobs = {
+            "decode": (run_decode, files, args.workers),
+            "quality": (run_quality, files, args.workers),
+            "quality_cli": (run_quality_cli, folder, args.workers, os.path.join(tmp, "q.csv")),
+            "cleanvision": (cleanvision_scores, files, args.workers),
+        }
         for r in range(args.repeats):
-            times["decode"].append(time_decode(files, args.workers))
-            times["quality"].append(time_quality(files, args.workers))
-            times["quality_cli"].append(
-                time_quality_cli(folder, args.workers, os.path.join(tmp, "q.csv")))
-            if not args.skip_cleanvision:
-                times["cleanvision"].append(time_cleanvision(files, args.workers))
-            print(f"repeat {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
-                  file=sys.stderr)
+            for k in names:
+                wall, cpu_s = timed(*jobs[k])
+                times[k].append(wall)
+                cpu[k].append(cpu_s)
+            print(f"repeat {r}: " + ", ".join(f"{k} {times[k][-1]:.2f}s ({cpu[k][-1]:.2f} cpu)"
+                                              for k in names), file=sys.stderr)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     report = {
         "n_images": args.n, "workers": args.workers, "repeats": args.repeats,
-        "seconds": times, "median_seconds": med,
+        "load_average": os.getloadavg(),
+        "seconds": times, "cpu_seconds": cpu, "median_seconds": med,
+        "median_cpu_seconds": med_cpu,
         "images_per_second": {k: args.n / v for k, v in med.items()},
         "quality_over_decode": med["quality"] / med["decode"],
         "quality_cli_over_decode": med["quality_cli"] / med["decode"],
+        "quality_over_decode_cpu": med_cpu["quality"] / med_cpu["decode"],
     }
     if not args.skip_cleanvision:
         report["speedup_vs_cleanvision"] = med["cleanvision"] / med["quality"]
         report["speedup_cli_vs_cleanvision"] = med["cleanvision"] / med["quality_cli"]
+        report["speedup_vs_cleanvision_cpu"] = med_cpu["cleanvision"] / med_cpu["quality"]
     if args.n_auc:
         report["blur_auroc"] = blur_aurocs(root, args.n_auc, args.seed, args.workers)
     if args.demo_n:
