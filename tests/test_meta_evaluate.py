@@ -66,8 +66,8 @@ def test_predictions_are_out_of_fold_calibrated_probabilities_with_sets(result):
     probs = pred[[f"prob_{c}" for c in CLASSES]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     assert (pred["set_size"] >= 1).all()
-    assert all(p.split("|")[0] == q for p, q in zip(pred["pred_set"], pred["pred"],
-                                                    strict=True))
+    top = np.array(CLASSES)[probs.argmax(axis=1)]
+    assert all(p.split("|")[0] == t for p, t in zip(pred["pred_set"], top, strict=True))
     assert pred["referral_prob"].between(0, 1).all()
     assert result.report["referral"]["auroc"] > 0.5
 
@@ -138,3 +138,14 @@ def test_conformal_coverage_on_held_out_folds_is_within_two_points():
     assert abs(conf["coverage"] - 0.9) <= 0.02
     assert conf["mean_set_size"] < 4
     assert res.report["calibration"]["ece_after"] < res.report["calibration"]["ece_before"] + 0.02
+
+
+def test_images_without_lesion_id_are_their_own_group(small):
+    oof, meta = small
+    meta = meta.copy()
+    meta.loc[meta.index[:50], "lesion_id"] = np.nan
+    meta = meta.astype({"lesion_id": "string"})
+    res = evaluate_meta(oof, meta, param_grid=GRID, n_resamples=0, fit_final=False)
+    pred = res.predictions.set_index("image_id")
+    assert pd.isna(pred.loc[meta["image_id"].iloc[0], "lesion_id"])
+    assert res.report["data"]["n_lesions"] > meta["lesion_id"].nunique()

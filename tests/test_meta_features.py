@@ -159,3 +159,14 @@ def test_quality_columns_become_features_with_nan_for_absent_images(tiny):
     assert X.loc["SYN_0000003", "q_blur_score"] == 3.0
     assert X.loc["SYN_0000000", "q_is_blurry"] == 1.0
     assert np.isnan(X.loc["SYN_0000055", "q_blur_score"])
+
+
+def test_pandas_string_dtype_with_missing_values(tiny):
+    oof, meta = tiny
+    meta = meta.copy()
+    meta.loc[0, ["sex", "anatom_site_general"]] = np.nan
+    meta = meta.astype({"sex": "string", "anatom_site_general": "string", "lesion_id": "string"})
+    X, spec = build_features(oof, meta)
+    assert X.loc["SYN_0000000", "sex"] == "unknown"
+    assert X.loc["SYN_0000000", "anatom_site_general"] == "unknown"
+    assert spec.unknown_values == {}

@@ -11,9 +11,13 @@ Compared on the same images: ``meta_with_metadata`` (CNN probabilities + age, se
 [+ quality]), ``meta_without_metadata`` (CNN probabilities [+ quality]), ``metadata_only``,
 ``mean_ensemble`` (mean of the CNN probabilities), ``majority_vote`` (share of models voting
 for each class) and ``best_single_model`` (for each fold, the model with the best balanced
-accuracy on the *other* folds). Every metric gets a lesion-grouped percentile bootstrap CI
-(:func:`skin_core.analysis.metrics.bootstrap_ci`; all methods and metrics share the same
-resamples, so paired differences are valid).
+accuracy on the *other* folds). Discrimination metrics of the meta-classifiers use their
+class-weighted probabilities, whose arg-max is the decision (``pred``); calibration changes
+probabilities, not decisions (isotonic calibration restores real class frequencies, and its
+arg-max would trade balanced accuracy for accuracy). Calibrated probabilities feed the
+reported probabilities, ECE and the conformal sets. Every metric gets a lesion-grouped
+percentile bootstrap CI (:func:`skin_core.analysis.metrics.bootstrap_ci`; all methods and
+metrics share the same resamples, so paired differences are valid).
 """
 
 from __future__ import annotations
@@ -64,8 +68,9 @@ class MetaResult:
         JSON-ready summary (what ``meta.json`` holds).
     predictions:
         One row per image: ``image_id, lesion_id, fold, label``, calibrated meta
-        ``prob_<C>``, ``pred``, ``pred_set``, ``set_size``, ``difficult`` (wrong by all CNNs),
-        ``referral_prob``, ``refer`` (all out-of-fold).
+        ``prob_<C>``, ``pred`` (arg-max of the class-weighted model), ``pred_set``,
+        ``set_size``, ``difficult`` (wrong by all CNNs), ``referral_prob``, ``refer`` (all
+        out-of-fold).
     predictor:
         The predictor fitted on all images (``None`` with ``fit_final=False``).
     train_ids:
@@ -259,14 +264,21 @@ def _prepare(
                 f"{m[LABEL].iloc[i]!r} in {source} ({int(differ.sum())} such images); use the "
                 f"dataset the CNNs were trained on."
             )
-    if LESION_ID in m.columns:
-        les = m[LESION_ID].astype(object)
-        groups = np.where(les.isna() | (les.astype(str).str.strip() == ""),
-                          "img:" + ids.to_series().to_numpy(dtype=object),
-                          "les:" + les.astype(str).to_numpy(dtype=object))
-    else:
-        groups = np.asarray("img:" + ids.to_series(), dtype=object)
+    lesions = m[LESION_ID].tolist() if LESION_ID in m.columns else [None] * len(ids)
+    groups = [
+        f"img:{i}" if _missing(les) else f"les:{str(les).strip()}"
+        for i, les in zip(ids, lesions, strict=True)
+    ]
     return wide, np.asarray(groups, dtype=object), info
+
+
+def _missing(value: Any) -> bool:
+    """True for None, NaN, pd.NA and blank strings."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
 
 
 def check_grouped_folds(folds: np.ndarray, groups: np.ndarray, *, source: str = "oof.csv") -> None:
@@ -445,7 +457,7 @@ def evaluate_meta(
         j = int(np.argmax(bas))
         best_choice[int(f)] = wide.models[j]
         best_single[test] = stacked[j][test]
-    scores = {MAIN: cal_probs, "meta_without_metadata": oof_probs["meta_without_metadata"]}
+    scores = {MAIN: oof_probs[MAIN], "meta_without_metadata": oof_probs["meta_without_metadata"]}
     if "metadata_only" in variants:
         scores["metadata_only"] = oof_probs["metadata_only"]
     scores.update({"mean_ensemble": mean_probs, "majority_vote": votes,
@@ -596,7 +608,7 @@ def evaluate_meta(
                                 FOLD: folds, LABEL: wide.table[LABEL].to_numpy()})
     for j, c in enumerate(prob_columns(classes)):
         predictions[c] = cal_probs[:, j]
-    predictions["pred"] = [classes[j] for j in cal_probs.argmax(axis=1)]
+    predictions["pred"] = [classes[j] for j in oof_probs[MAIN].argmax(axis=1)]
     predictions["pred_set"] = ["|".join(classes[j] for j in np.argsort(-p, kind="stable")
                                         if mm[j]) for p, mm in zip(cal_probs, members,
                                                                    strict=True)]

@@ -129,16 +129,18 @@ class MetaPredictor:
         Returns
         -------
         DataFrame indexed by ``image_id``
-            ``prob_<C>`` (calibrated), ``pred``, ``pred_set`` (e.g. ``"MEL|NV"``),
+            ``prob_<C>`` (calibrated), ``pred`` (arg-max of the class-weighted model: the
+            decision whose balanced accuracy is reported), ``pred_set`` (e.g. ``"MEL|NV"``),
             ``set_size`` and, with a referral model, ``referral_prob`` and ``refer``.
         """
         wide = oof_or_probs if isinstance(oof_or_probs, WideOOF) else _as_wide(
             oof_or_probs, self.classes
         )
         X, _ = build_features(wide, metadata, quality=quality, spec=self.feature_spec)
-        probs = self.calibrator.transform(self.raw_proba(X))
+        raw = self.raw_proba(X)
+        probs = self.calibrator.transform(raw)
         out = pd.DataFrame(probs, index=X.index, columns=prob_columns(self.classes))
-        out["pred"] = [self.classes[k] for k in probs.argmax(axis=1)]
+        out["pred"] = [self.classes[k] for k in raw.argmax(axis=1)]
         members = self.conformal.sets(probs)
         out["pred_set"] = self.conformal.labels(probs)
         out["set_size"] = members.sum(axis=1)
