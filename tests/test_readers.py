@@ -536,3 +536,21 @@ def test_truth_from_dataset_spec(ham10000_dir):
     t, classes = read_truth(f"ham10000:{ham10000_dir}")
     assert classes == HAM10000_CLASSES
     assert len(t) == 10_015 and (t == "akiec").sum() == 327
+
+
+def test_bom_compare_and_strict_json(tmp_path, small_study):
+    rd, truth = small_study
+    path = tmp_path / "r.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + rd.to_csv(index=False).encode())  # Excel's UTF-8 BOM
+    groups = pd.Series({"img1": "A", "img2": "A", "img3": "b", "img4": "B"})
+    study = analyze_readers(path, truth, groups=groups, compare=("b", "a"), **FAST)
+    assert study.summary["options"]["compare"] == ["b", "a"]
+    assert study.tests[0].name.startswith("consensus accuracy: b vs a")
+    with pytest.raises(ConfigError, match="'compare'.*'c'"):
+        analyze_readers(path, truth, groups=groups, compare=("a", "c"), **FAST)
+    paths = write_reader_report(study, tmp_path / "o")
+
+    def no_nan(token):
+        raise AssertionError(f"non-standard JSON constant {token}")
+
+    json.loads(paths["json"].read_text(), parse_constant=no_nan)

@@ -191,7 +191,8 @@ def _read_csv(source: str | Path | pd.DataFrame, what: str) -> tuple[pd.DataFram
         if not path.is_file():
             raise DataError(f"The {what} file {path} does not exist; check the path.")
         try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True,
+                             encoding="utf-8-sig")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"The {what} file {path} is not a readable CSV ({e}); "
                             "save it as UTF-8 comma-separated text.") from e
