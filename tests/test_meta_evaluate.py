@@ -149,3 +149,15 @@ def test_images_without_lesion_id_are_their_own_group(small):
     pred = res.predictions.set_index("image_id")
     assert pd.isna(pred.loc[meta["image_id"].iloc[0], "lesion_id"])
     assert res.report["data"]["n_lesions"] > meta["lesion_id"].nunique()
+
+
+def test_without_metadata_the_probability_model_is_trained_once(small):
+    oof, _ = small
+    res = evaluate_meta(oof, None, param_grid=GRID, n_resamples=0)
+    rep = res.report
+    assert rep["metadata_used"] is False
+    assert "metadata_only" not in rep["baselines"]
+    assert rep["baselines"]["meta_without_metadata"] == rep["balanced_accuracy"]
+    assert set(rep["tuning"]) == {"meta_with_metadata"}
+    assert not res.predictor.feature_spec.metadata
+    assert "age_approx" not in res.predictor.feature_spec.columns

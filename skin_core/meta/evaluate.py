@@ -328,6 +328,9 @@ def evaluate_meta(
         Dataset table (``image_id, label, lesion_id, age_approx, sex,
         anatom_site_general``); ``lesion_id`` gives the groups (an image without one is its
         own lesion), ``label`` is checked against the OOF labels and never used as a feature.
+        ``None``: a meta-classifier on CNN probabilities only (then ``meta_with_metadata`` and
+        ``meta_without_metadata`` are the same model, ``metadata_only`` is absent, and every
+        image is its own group).
     classes, models:
         Expected classes (e.g. from ``config.yaml``) and the models to stack (default all).
     quality:
@@ -394,7 +397,10 @@ def evaluate_meta(
                                        include_metadata=use_meta, source=source)
     X_nometa, _ = build_features(wide, None, use_logits=use_logits, quality=quality,
                                  include_metadata=False, source=source)
-    variants: dict[str, pd.DataFrame] = {MAIN: X_main, "meta_without_metadata": X_nometa}
+    # Without metadata the main model already is the no-metadata model: not trained twice.
+    variants: dict[str, pd.DataFrame] = {MAIN: X_main}
+    if use_meta:
+        variants["meta_without_metadata"] = X_nometa
     if use_meta:
         X_metaonly, _ = build_features(wide, metadata, include_probs=False, source=source)
         variants["metadata_only"] = X_metaonly
@@ -457,7 +463,8 @@ def evaluate_meta(
         j = int(np.argmax(bas))
         best_choice[int(f)] = wide.models[j]
         best_single[test] = stacked[j][test]
-    scores = {MAIN: oof_probs[MAIN], "meta_without_metadata": oof_probs["meta_without_metadata"]}
+    scores = {MAIN: oof_probs[MAIN],
+              "meta_without_metadata": oof_probs["meta_without_metadata" if use_meta else MAIN]}
     if "metadata_only" in variants:
         scores["metadata_only"] = oof_probs["metadata_only"]
     scores.update({"mean_ensemble": mean_probs, "majority_vote": votes,
@@ -639,8 +646,11 @@ def evaluate_meta(
             "melanoma_class": classes[mel] if mel is not None else None,
             **data_info,
         },
+        "metadata_used": use_meta,
         "leakage_check": {
             "outer_folds": "CNN folds from the OOF table",
+            "groups": "lesion_id (an image without one is its own lesion)" if use_meta else
+                      "none given (no metadata table): every image is its own group",
             "lesions_in_two_folds": 0,
             "inner_split": "label-stratified split of lesion groups within each outer training "
                            "part (skin_core.meta.classifier.inner_split)",
