@@ -496,6 +496,10 @@ def test_predictions_csv(tmp_path):
     p.write_text("image_id,pred\nA, mel\nB,nv\n")
     cnn = read_cnn_predictions(p, ISIC2019_CLASSES)
     assert cnn.pred.to_dict() == {"A": "MEL", "B": "NV"} and cnn.per_model is None
+    rd = _readings([("r1", "A", "MEL"), ("r2", "A", "NV"), ("r1", "C", "NV")])
+    s = analyze_readers(rd, _truth({"A": "MEL", "C": "NV"}), cnn=cnn, **FAST).summary
+    assert s["groups"]["all"]["cnn"]["n"] == 1 and s["groups"]["all"]["cnn"]["n_missing"] == 1
+    assert any("1 of 2 read images have no CNN prediction" in w for w in s["warnings"])
 
 
 @pytest.mark.realdata

@@ -638,6 +638,12 @@ def analyze_readers(
         ck = pd.Series(cnn_pred.pred.to_numpy(), index=cnn_pred.pred.index.map(_key))
         ck = ck[~ck.index.duplicated(keep="last")]
         cnn_for = pd.Series(read_images.map(lambda i: ck.get(_key(i), None)), index=read_images)
+        n_no_cnn = int(cnn_for.isna().sum())
+        if n_no_cnn:
+            warnings.append(f"{n_no_cnn} of {read_images.size} read images have no CNN "
+                            f"prediction in {cnn_pred.source} (e.g. "
+                            f"{', '.join(map(str, cnn_for[cnn_for.isna()].index[:5]))}); CNN "
+                            "accuracy uses the others")
     else:
         cnn_for = None
 
@@ -689,7 +695,8 @@ def analyze_readers(
     img["consensus_correct"] = pd.array(
         [bool(o) if c else pd.NA for o, c in zip(cons_ok, counted, strict=True)], dtype="boolean")
     if cnn_for is not None:
-        img["cnn_pred"] = [cnn_for.get(i, None) for i in images]
+        img["cnn_pred"] = [p if isinstance(p, str) else None
+                           for p in (cnn_for.get(i, None) for i in images)]
         img["cnn_correct"] = pd.array(
             [pd.NA if p is None else bool(p == t)
              for p, t in zip(img["cnn_pred"], img["truth"], strict=True)], dtype="boolean")
@@ -923,8 +930,8 @@ def _group_summary(
 def _cnn_summary(cols, images, truth_idx, cats, cnt, tie, winner, other_index, cnn_pred,
                  cnn_for, confidence) -> dict[str, Any]:
     ids = [images[c] for c in cols]
-    preds = [cnn_for.get(i, None) for i in ids]
-    have = np.array([p is not None for p in preds])
+    preds = [p if isinstance(p, str) else None for p in (cnn_for.get(i, None) for i in ids)]
+    have = np.array([p is not None for p in preds], dtype=bool)
     c_idx = {c: k for k, c in enumerate(cats)}
     p_idx = np.array([c_idx.get(p, other_index) if p is not None else -1 for p in preds])
     t = truth_idx[cols]
