@@ -30,6 +30,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "quality",
     "readers",
     "meta",
+    "bundle",
+    "predict",
     "study",
 )
 
