@@ -161,3 +161,11 @@ def test_without_metadata_the_probability_model_is_trained_once(small):
     assert set(rep["tuning"]) == {"meta_with_metadata"}
     assert not res.predictor.feature_spec.metadata
     assert "age_approx" not in res.predictor.feature_spec.columns
+
+
+def test_same_seed_same_everything(small):
+    oof, meta = small
+    a = evaluate_meta(oof, meta, param_grid=GRID, n_resamples=20, fit_final=False, seed=4)
+    b = evaluate_meta(oof, meta, param_grid=GRID, n_resamples=20, fit_final=False, seed=4)
+    pd.testing.assert_frame_equal(a.predictions, b.predictions)
+    assert a.report["ci"] == b.report["ci"]
