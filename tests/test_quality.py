@@ -228,6 +228,24 @@ def test_read_grey_other_formats_and_modes(tmp_path):
         assert np.array_equal(read_grey(tmp_path / name), ref)
 
 
+def test_read_grey_progressive_and_trailing_bytes(tmp_path):
+    rgb = texture(90, 120)
+    prog = save_jpeg(tmp_path / "prog.jpg", rgb, progressive=True)
+    tail = tmp_path / "tail.jpg"
+    tail.write_bytes(save_jpeg(tmp_path / "plain.jpg", rgb).read_bytes() + b"GARBAGE")
+    for path in (prog, tail):
+        ref = cv2.cvtColor(read_image(path), cv2.COLOR_RGB2GRAY).astype(int)
+        assert np.abs(read_grey(path).astype(int) - ref).max() <= 1
+    assert Q._jpeg_frame(prog.read_bytes())[:2] == (90, 120)
+    assert Q._jpeg_frame(b"\x89PNG\r\n") is None
+
+
+def test_read_grey_refuses_decompression_bombs_before_decoding(tmp_path):
+    path = save_jpeg(tmp_path / "big.jpg", texture(100, 100))
+    with pytest.raises(SkinCoreError, match="megapixels"):
+        read_grey(path, max_pixels=5000)
+
+
 def _bad_files(tmp_path: Path) -> dict[str, Path]:
     good = save_jpeg(tmp_path / "good.jpg", texture())
     data = good.read_bytes()
