@@ -12,8 +12,9 @@ column                        definition
                               most ``long_side`` (default 256; never upscaled): resolution-
                               normalised sharpness
 ``wavelet_detail_energy``     level-1 Haar detail energy per pixel (``cH**2 + cV**2 + cD**2``
-                              summed, divided by the pixel count; equals PyWavelets'
-                              ``dwt2(grey, "haar", mode="periodization")`` on an even crop)
+                              summed, divided by the pixel count) of that image cropped to a
+                              multiple of 8 px; equals PyWavelets'
+                              ``dwt2(grey, "haar", mode="periodization")`` on the same crop
 ``wavelet_ratio``             Haar detail energy at level 2 divided by level 3: how much
                               structure survives at 2-4 px relative to 4-8 px. Independent of
                               contrast, it falls as blur removes fine detail
@@ -51,6 +52,9 @@ reads as the probability that an image is as sharp as an ordinary dermoscopic im
 one blurred by 2 px at a 256-px long side, and ``is_blurry`` (``blur_score < 0.5``) is that
 model's decision boundary. ``laplacian_var`` carries the sharpness, ``wavelet_ratio`` (a ratio
 of scales, free of contrast) keeps low-contrast but sharp lesions from being called blurry.
+
+:func:`compute_quality` decodes each file once with :func:`read_grey` (luma only; plain
+JPEGs through OpenCV, everything else through :func:`~skin_core.data.images.read_image`).
 
 Quality versus difficulty (:func:`compare_quality`): Mann-Whitney U, Cliff's delta with its
 asymptotic CI (Cliff 1993, Feng & Cliff 2004), a bootstrap CI of the median difference, and a
