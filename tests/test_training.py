@@ -269,3 +269,48 @@ def test_cli_train_json_and_config_file(tiny, tmp_path: Path, capsys) -> None:
                str(tmp_path / "run2")])
     assert rc == 2
     assert "did you mean 'efficientnet_b0'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_augmentation_is_per_image_seeded_and_identity_when_off() -> None:
+    import torch
+
+    from skin_core.training.augment import AugmentConfig, augment_batch, to_float
+
+    x = torch.randint(0, 256, (6, 24, 24, 3), dtype=torch.uint8)
+    kw = dict(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    a = augment_batch(x, generator=torch.Generator().manual_seed(3), **kw)
+    b = augment_batch(x, generator=torch.Generator().manual_seed(3), **kw)
+    assert a.shape == (6, 3, 24, 24) and torch.equal(a, b)
+    assert a.min() >= -2.0 - 1e-6 and a.max() <= 2.0 + 1e-6  # (0 - .5)/.25 .. (1 - .5)/.25
+    same = torch.stack([a[0]] * 6)
+    assert not torch.allclose(a, same)  # different parameters per image
+    off = AugmentConfig(rotate=0, crop_area=1.0, aspect=1.0, translate=0, jitter=0, flips=False)
+    ident = augment_batch(x, generator=torch.Generator().manual_seed(0), config=off, **kw)
+    torch.testing.assert_close(ident, to_float(x, **kw), atol=1e-4, rtol=0)
+
+
+def test_colour_jitter_matches_sequential_definition() -> None:
+    import torch
+
+    from skin_core.training.augment import AugmentConfig, augment_batch
+
+    # mid-grey-ish image: no clamping half-way, so the fused map equals the 3-step definition
+    x = torch.full((1, 8, 8, 3), 100, dtype=torch.uint8)
+    x[..., 0] = 140
+    cfg = AugmentConfig(rotate=0, crop_area=1.0, aspect=1.0, translate=0, jitter=0.2,
+                        flips=False)
+    gen = torch.Generator().manual_seed(5)
+    out = augment_batch(x, mean=(0, 0, 0), std=(1, 1, 1), generator=gen, config=cfg)
+    ref_gen = torch.Generator().manual_seed(5)
+    for _ in range(7):  # geometry draws without flips: angle, area, ratio, tx x2, ty x2
+        torch.rand(1, generator=ref_gen)
+    b, c, s = (torch.rand(1, generator=ref_gen).item() * 0.4 + 0.8 for _ in range(3))
+    img = x.permute(0, 3, 1, 2).float() / 255
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    img = img * b
+    img = c * img + (1 - c) * (img * w).sum(1, keepdim=True).mean()
+    img = s * img + (1 - s) * (img * w).sum(1, keepdim=True)
+    torch.testing.assert_close(out, img, atol=1e-4, rtol=0)

