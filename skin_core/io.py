@@ -78,13 +78,13 @@ def _plain(obj: Any) -> Any:
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def to_json(obj: Any, *, indent: int | None = 2) -> str:
+def to_json(obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> str:
     """Strict JSON text for ``obj``.
 
     NumPy scalars and arrays, paths and records with ``to_dict`` are converted; NaN and
     infinities become ``null`` so every reader (browsers included) can parse the result.
     """
-    return json.dumps(_plain(obj), indent=indent, allow_nan=False)
+    return json.dumps(_plain(obj), indent=indent, allow_nan=False, sort_keys=sort_keys)
 
 
 def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:

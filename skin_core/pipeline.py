@@ -81,7 +81,9 @@ class StepOutcome:
 def _fingerprint(step: Step, upstream: Mapping[str, str]) -> str:
     payload = {"step": step.name, "config": step.config,
                "upstream": {d: upstream.get(d, "") for d in step.depends_on}}
-    return hashlib.sha256(to_json(payload, indent=None).encode()).hexdigest()[:16]
+    # key order must not matter: a config read back from YAML comes sorted
+    text = to_json(payload, indent=None, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Pipeline:

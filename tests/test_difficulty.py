@@ -436,3 +436,29 @@ def test_cli_quality_comparison(tmp_path, cli):
     table = pd.read_csv(out / "difficulty.csv")
     assert result["n"]["difficult"] == int((table["group"] == "difficult").sum())
     assert "blur_score" in result["measures"]
+
+
+def test_cli_quality_comparison_skipped_without_controls(tmp_path, cli, capsys):
+    pytest.importorskip("skin_core.analysis.quality")
+    oof = _correlated_oof(tmp_path, n=60)
+    df = pd.read_csv(oof)
+    # every model puts all its mass on a wrong class: no control image at all
+    probs = [c for c in df.columns if c.startswith("prob_")]
+    classes = [c[len("prob_"):] for c in probs]
+    wrong = [classes[(classes.index(lbl) + 1) % len(classes)] for lbl in df["label"]]
+    df[probs] = 0.0
+    for i, c in enumerate(wrong):
+        df.loc[df.index[i], f"prob_{c}"] = 1.0
+    df.to_csv(oof, index=False)
+    ids = sorted(df["image_id"].unique())
+    qpath = tmp_path / "quality.csv"
+    pd.DataFrame({"image_id": ids, "blur_score": np.linspace(0, 1, len(ids)),
+                  "is_blurry": False, "error": ""}).to_csv(qpath, index=False)
+    out = tmp_path / "out"
+    rc = cli(["difficulty", "--oof", str(oof), "--out", str(out), "--permutations", "50",
+              "--quality", str(qpath)])
+    assert rc == 0
+    assert "quality vs difficulty not computed" in capsys.readouterr().err
+    result = json.loads((out / "quality_vs_difficulty.json").read_text())
+    assert result["computed"] is False and "0 control" in result["reason"]
+    assert (out / "difficulty.csv").is_file()

@@ -67,3 +67,15 @@ def test_dependency_order_checked(tmp_path):
     s = _steps([])
     with pytest.raises(ConfigError, match="depends on"):
         Pipeline(tmp_path, [s[1], s[0]])
+
+
+def test_config_key_order_does_not_matter(tmp_path):
+    calls = []
+
+    def run(ctx):
+        calls.append(1)
+        ctx.path("x.txt").write_text("x")
+
+    Pipeline(tmp_path, [Step("x", run, ("x.txt",), config={"a": 1, "b": {"c": 2, "d": 3}})]).run()
+    Pipeline(tmp_path, [Step("x", run, ("x.txt",), config={"b": {"d": 3, "c": 2}, "a": 1})]).run()
+    assert calls == [1]

@@ -120,7 +120,14 @@ def run(args: argparse.Namespace) -> int:
             quality_df = pd.read_csv(qpath, dtype={"image_id": str})
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"Quality file {qpath} cannot be read as CSV ({e}).") from e
-        quality_result = compare_quality(quality_df, table, seed=args.seed)
+        try:
+            quality_result = compare_quality(quality_df, table, seed=args.seed)
+        except DataError as e:
+            # Too few difficult or control images to compare: the difficulty results stand,
+            # and the comparison file says why it is empty.
+            print(f"skin-core: warning: quality vs difficulty not computed: {e}",
+                  file=sys.stderr)
+            quality_result = {"computed": False, "reason": str(e)}
         bar.update()
     truth_result = None
     if args.truth:
