@@ -108,3 +108,19 @@ def test_bad_arguments(tmp_path: Path) -> None:
         build_image_cache(["a", "b"], ["x"], 16, cache_dir=tmp_path)
     with pytest.raises(DataError, match="at least 8 px"):
         build_image_cache([], [], 4, cache_dir=tmp_path)
+
+
+def test_full_disk_is_one_sentence_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import skin_core.data.cache as cache_mod
+
+    def full(args):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "_fill_chunk", full)
+    ids, paths = _images(tmp_path / "img", n=2)
+    with pytest.raises(DataError, match="No space left on the device while writing the image"):
+        build_image_cache(ids, paths, 16, cache_dir=tmp_path / "c", workers=1)
+    assert list((tmp_path / "c").iterdir()) == []

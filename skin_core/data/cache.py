@@ -22,6 +22,7 @@ The cache directory defaults to ``$SKIN_CORE_CACHE_DIR`` or ``.cache/images``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -220,6 +221,35 @@ def build_image_cache(
     data, side = _paths(cache_dir / f"{fingerprint}-{size}")
     shape = (len(ids), size, size, 3)
     side.unlink(missing_ok=True)
+    try:
+        _write_rows(data, ids, paths, shape, size, resize, workers, chunk, progress)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DataError(
+                f"No space left on the device while writing the image cache {data} "
+                f"({int(np.prod(shape)) / 1e6:.0f} MB); nothing half-written was kept: free "
+                "disk space or set SKIN_CORE_CACHE_DIR to a folder on a larger disk."
+            ) from exc
+        raise
+    atomic_write_json(side, {
+        "format": CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "size": size,
+        "shape": list(shape),
+        "resize": resize,
+        "dtype": "uint8",
+        "ids": ids,
+    })
+    found = open_image_cache(fingerprint, size, cache_dir=cache_dir)
+    if found is None:  # pragma: no cover - only on a racing writer
+        raise DataError(f"Image cache {data} could not be reopened after building it.")
+    return found
+
+
+def _write_rows(data: Path, ids: list[str], paths: list[str], shape: tuple[int, ...],
+                size: int, resize: str, workers: int | None, chunk: int,
+                progress: bool) -> None:
+    """Decode every image into a temporary memmap file, renamed onto ``data`` when done."""
     with atomic_path(data) as tmp:
         if len(ids):
             mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
@@ -239,20 +269,6 @@ def build_image_cache(
                             bar.update(len(t[3]))
             finally:
                 bar.close()
-    atomic_write_json(side, {
-        "format": CACHE_FORMAT,
-        "fingerprint": fingerprint,
-        "size": size,
-        "shape": list(shape),
-        "resize": resize,
-        "dtype": "uint8",
-        "ids": ids,
-    })
-    found = open_image_cache(fingerprint, size, cache_dir=cache_dir)
-    if found is None:  # pragma: no cover - only on a racing writer
-        raise DataError(f"Image cache {data} could not be reopened after building it.")
-    return found
-
 
 def _bar(total: int, enabled: bool, desc: str):  # noqa: ANN202 - tqdm or a no-op
     from tqdm.auto import tqdm
