@@ -5,6 +5,7 @@ Usage::
     .venv/bin/python bench/bench_synthetic.py                 # everything (about 2 minutes)
     .venv/bin/python bench/bench_synthetic.py --skip-full     # only the side-by-side ratios
     .venv/bin/python bench/bench_synthetic.py --learn         # add the learnability check
+    .venv/bin/python bench/bench_synthetic.py --skip-full --repeats 0 --cnn   # small CNN
     .venv/bin/python bench/bench_synthetic.py --skip-full --repeats 0 \
         --contact-sheet docs/img/demo-contact-sheet.png           # redraw the docs picture
 
@@ -16,6 +17,10 @@ Reports, in one run on this machine:
   ``workers1_over_workers2`` (parallel speed-up on 2 cores) and ``generate_over_floor``
   (generation vs the floor of JPEG-encoding and writing the same number of 256 px images,
   i.e. how much the drawing itself costs on top of the unavoidable I/O).
+* ``full.cpu_seconds``: CPU time of the run (all processes); ``wall_if_2_cores_free`` =
+  CPU time / 2, the wall time on two otherwise idle cores.
+* ``cnn_learnability`` (``--cnn``): a small CNN trained from scratch at 64 px on 1,000 demo
+  images (about 2 CPU-minutes), balanced accuracy on held-out lesions.
 * ``learnability`` (``--learn``): balanced accuracy of a multinomial logistic regression on
   16x16 RGB pixels of 600 demo images, 5-fold cross-validation grouped by lesion. It must be
   clearly above chance (1/8 = 0.125) and well below 1.
@@ -29,6 +34,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -55,6 +61,13 @@ def _floor(n: int, size: int, folder: Path) -> float:
     return time.perf_counter() - t
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its reaped children so far."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def _timed(out: Path, **kwargs) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
@@ -62,11 +75,85 @@ def _timed(out: Path, **kwargs) -> float:
     return time.perf_counter() - t
 
 
+def _images(out: Path, ids, side: int) -> np.ndarray:
+    import cv2
+    from PIL import Image
+
+    return np.stack([
+        cv2.resize(np.asarray(Image.open(out / "ISIC_2019_Training_Input" / f"{i}.jpg")),
+                   (side, side), interpolation=cv2.INTER_AREA) for i in ids
+    ])
+
+
+def cnn_learnability(tmp: Path, *, n: int = 1000, side: int = 64, epochs: int = 15,
+                     seed: int = 0) -> dict[str, float]:
+    """A small CNN trained from scratch on one lesion-grouped 80/20 split (about 2 CPU-minutes).
+
+    Four conv blocks (16-32-64-96 channels), AdamW, light flips; balanced accuracy on the
+    held-out lesions against the given labels.
+    """
+    import pandas as pd
+    import torch
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold
+    from torch import nn
+
+    from skin_core.constants import ISIC2019_CLASSES
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    out = tmp / "cnn"
+    shutil.rmtree(out, ignore_errors=True)
+    generate_demo_dataset(out, n=n, seed=seed, size=128, workers=2)
+    truth = pd.read_csv(out / "generation_truth.csv")
+    x = torch.from_numpy(_images(out, truth["image_id"], side)).permute(0, 3, 1, 2).float() / 255
+    x = (x - x.mean(dim=(0, 2, 3), keepdim=True)) / x.std(dim=(0, 2, 3), keepdim=True)
+    y = torch.tensor([ISIC2019_CLASSES.index(c) for c in truth["label"]])
+    groups = truth["lesion_id"].fillna(truth["image_id"]).to_numpy()
+    tr, te = next(StratifiedGroupKFold(5, shuffle=True, random_state=seed).split(
+        np.zeros(n), y.numpy(), groups))
+
+    def block(i: int, o: int) -> nn.Sequential:
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(),
+                             nn.MaxPool2d(2))
+
+    model = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 96),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2),
+                          nn.Linear(96, len(ISIC2019_CLASSES)))
+    counts = torch.bincount(y[tr], minlength=len(ISIC2019_CLASSES)).float()
+    loss_fn = nn.CrossEntropyLoss(weight=(counts.sum() / counts.clamp(min=1)) ** 0.5)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 3e-3, total_steps=epochs * (len(tr) // 32 + 1))
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        perm = torch.from_numpy(np.random.default_rng(seed + _).permutation(tr))
+        for k in range(0, len(perm), 32):
+            idx = perm[k:k + 32]
+            xb = x[idx]
+            if np.random.default_rng(k).random() < 0.5:
+                xb = xb.flip(3)
+            opt.zero_grad()
+            loss_fn(model(xb), y[idx]).backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        pred = model(x[te]).argmax(1).numpy()
+    truth_te = truth.iloc[te]
+    return {
+        "n_images": n, "side": side, "epochs": epochs, "n_test": int(len(te)),
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "chance": 1 / 8,
+        "balanced_accuracy": round(float(balanced_accuracy_score(y[te].numpy(), pred)), 4),
+        "balanced_accuracy_vs_true_label": round(float(balanced_accuracy_score(
+            [ISIC2019_CLASSES.index(c) for c in truth_te["true_label"]], pred)), 4),
+    }
+
+
 def learnability(tmp: Path, *, n: int = 600, seed: int = 0) -> dict[str, float]:
     """Balanced accuracy of logistic regression on 16x16 pixels (lesion-grouped 5-fold CV)."""
-    import cv2
     import pandas as pd
-    from PIL import Image
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
     from sklearn.model_selection import StratifiedGroupKFold
@@ -77,11 +164,7 @@ def learnability(tmp: Path, *, n: int = 600, seed: int = 0) -> dict[str, float]:
     shutil.rmtree(out, ignore_errors=True)
     generate_demo_dataset(out, n=n, seed=seed, size=128, workers=2)
     truth = pd.read_csv(out / "generation_truth.csv")
-    x = np.stack([
-        cv2.resize(np.asarray(Image.open(out / "ISIC_2019_Training_Input" / f"{i}.jpg")),
-                   (16, 16), interpolation=cv2.INTER_AREA).ravel()
-        for i in truth["image_id"]
-    ]).astype(np.float32) / 255.0
+    x = _images(out, truth["image_id"], 16).reshape(n, -1).astype(np.float32) / 255.0
     groups = truth["lesion_id"].fillna(truth["image_id"]).to_numpy()
     y = truth["label"].to_numpy()
     pred = np.empty_like(y)
@@ -143,6 +226,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-full", action="store_true", help="skip the 2,000-image run")
     ap.add_argument("--learn", action="store_true", help="add the learnability check")
+    ap.add_argument("--cnn", action="store_true", help="add the small-CNN learnability check")
     ap.add_argument("--contact-sheet", type=Path, metavar="PNG",
                     help="also write a contact sheet of 24 demo images to PNG")
     args = ap.parse_args()
@@ -151,9 +235,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench_synthetic_") as tmp_s:
         tmp = Path(tmp_s)
         if not args.skip_full:
+            load0 = os.getloadavg()[0]
+            cpu0 = _cpu_seconds()
             secs = _timed(tmp / "full", n=2000, seed=0, size=256, workers=2)
-            result["full"] = {"n": 2000, "size": 256, "workers": 2, "seconds": round(secs, 2),
-                              "images_per_second": round(2000 / secs, 1)}
+            cpu = _cpu_seconds() - cpu0
+            result["full"] = {
+                "n": 2000, "size": 256, "workers": 2, "seconds": round(secs, 2),
+                "images_per_second": round(2000 / secs, 1),
+                "cpu_seconds": round(cpu, 1),
+                # what the wall time would be with both cores free: CPU time / 2
+                "wall_if_2_cores_free": round(cpu / 2, 1),
+                "load_average_at_start": round(load0, 2),
+            }
         w1, w2, fl = [], [], []
         for r in range(args.repeats):
             w1.append(_timed(tmp / "w1", n=args.n, seed=r, size=256, workers=1))
@@ -170,6 +263,8 @@ def main() -> int:
             }
         if args.learn:
             result["learnability"] = learnability(tmp)
+        if args.cnn:
+            result["cnn_learnability"] = cnn_learnability(tmp)
         if args.contact_sheet:
             result["contact_sheet"] = contact_sheet(args.contact_sheet, tmp)
     print(json.dumps(result, indent=2))
