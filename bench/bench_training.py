@@ -85,6 +85,10 @@ def bench_arch(arch: str, arr: np.ndarray, paths: list[str], labels: np.ndarray,
 
     torch.manual_seed(0)
     model = create_model(arch, num_classes=7, input_size=args.size).train()
+    cl = not args.no_channels_last
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
     pre = preprocess_config(arch, args.size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -99,7 +103,7 @@ def bench_arch(arch: str, arr: np.ndarray, paths: list[str], labels: np.ndarray,
 
     x_mem, y_mem = load_batch(arr, np.arange(args.batch), labels[:args.batch],
                               device="cpu", mean=pre.mean, std=pre.std,
-                              generator=gen, augment=False)
+                              generator=gen, augment=False, channels_last=cl)
     step(x_mem, y_mem)  # warm-up (allocations, oneDNN kernels)
 
     def floor_batch() -> float:
@@ -111,7 +115,7 @@ def bench_arch(arch: str, arr: np.ndarray, paths: list[str], labels: np.ndarray,
         rows = rng.choice(args.n, args.batch, replace=False)
         t = time.perf_counter()
         x, y = load_batch(arr, rows, labels[rows], device="cpu", mean=pre.mean, std=pre.std,
-                          generator=gen, augment=True)
+                          generator=gen, augment=True, channels_last=cl)
         t_load = time.perf_counter() - t
         step(x, y)
         return time.perf_counter() - t, t_load
@@ -123,11 +127,12 @@ def bench_arch(arch: str, arr: np.ndarray, paths: list[str], labels: np.ndarray,
             rows = order[i:i + args.batch]
             if decode:
                 xb = decode_batch([paths[r] for r in rows], args.size)
-                x = augment_batch(xb, mean=pre.mean, std=pre.std, generator=gen)
+                x = augment_batch(xb, mean=pre.mean, std=pre.std, generator=gen).contiguous(
+                    memory_format=fmt)
                 y = torch.from_numpy(labels[rows])
             else:
                 x, y = load_batch(arr, rows, labels[rows], device="cpu", mean=pre.mean,
-                                  std=pre.std, generator=gen)
+                                  std=pre.std, generator=gen, channels_last=cl)
             step(x, y)
         return time.perf_counter() - t
 
@@ -185,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="floor/cached batch pairs per repeat")
     ap.add_argument("--epoch-repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-channels-last", action="store_true",
+                    help="NCHW model and batches (default: channels-last, as the trainer)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
 

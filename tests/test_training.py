@@ -314,3 +314,18 @@ def test_colour_jitter_matches_sequential_definition() -> None:
     img = c * img + (1 - c) * (img * w).sum(1, keepdim=True).mean()
     img = s * img + (1 - s) * (img * w).sum(1, keepdim=True)
     torch.testing.assert_close(out, img, atol=1e-4, rtol=0)
+
+
+def test_cli_resume_uses_the_runs_own_config(tiny, tmp_path: Path, capsys) -> None:
+    from skin_core.cli import main
+
+    tiny.table[["image_id", "path", "label", "lesion_id"]].to_csv(tmp_path / "ds.csv",
+                                                                   index=False)
+    args = ["train", "--dataset", f"csv:{tmp_path / 'ds.csv'}", "--arch", "test_resnet",
+            "--folds", "2", "--epochs", "1", "--img-size", "32", "--batch-size", "8",
+            "--threads", "1", "--cache-dir", str(tmp_path / "cache"), "--out",
+            str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
+    (tmp_path / "run" / "oof.csv").unlink()
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0
+    assert (tmp_path / "run" / "oof.csv").is_file()

@@ -67,11 +67,19 @@ _CLI_KEYS = {
 
 def options_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], str | None]:
     """Merge ``--config`` and command-line options; returns (options, dataset spec)."""
+    from pathlib import Path
+
     from skin_core.training.config import load_config_file
 
-    opts: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    dataset = args.dataset or opts.pop("dataset", None)
-    opts.pop("dataset", None)
+    source = args.config
+    run_config = Path(args.out) / "config.yaml"
+    if not source and args.resume and run_config.is_file():
+        source = run_config  # resume with the run's own options unless told otherwise
+    opts: dict[str, Any] = load_config_file(source) if source else {}
+    dataset = opts.pop("dataset", None)
+    if isinstance(dataset, dict):  # a run's config.yaml records the spec with its fingerprint
+        dataset = dataset.get("spec")
+    dataset = args.dataset or dataset
     for attr, key in _CLI_KEYS.items():
         value = getattr(args, attr, None)
         if value is not None:

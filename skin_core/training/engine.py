@@ -150,12 +150,13 @@ def _batches(n: int, batch_size: int, order: np.ndarray) -> list[np.ndarray]:
 
 
 def load_batch(cache: np.ndarray, rows: np.ndarray, labels: np.ndarray, *, device: str,
-               mean: Any, std: Any, generator: Any, augment: bool = True) -> tuple[Any, Any]:
+               mean: Any, std: Any, generator: Any, augment: bool = True,
+               channels_last: bool = True) -> tuple[Any, Any]:
     """One training batch from the cache memmap: ``(x, y)`` tensors on ``device``.
 
     Rows are read in sorted order (sequential memmap access), then augmented batched on
-    tensors (:func:`~skin_core.training.augment.augment_batch`) and normalised; channels-last
-    on CUDA.
+    tensors (:func:`~skin_core.training.augment.augment_batch`) and normalised; returned in
+    channels-last memory layout when ``channels_last`` (else contiguous NCHW).
     """
     import torch
 
@@ -168,13 +169,13 @@ def load_batch(cache: np.ndarray, rows: np.ndarray, labels: np.ndarray, *, devic
         x = augment_batch(x, mean=mean, std=std, generator=generator)
     else:
         x = to_float(x, mean, std)
-    if device == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=fmt), y
 
 
 def predict_rows(model: Any, cache: np.ndarray, rows: np.ndarray, *, device: str, mean: Any,
-                 std: Any, batch_size: int, amp: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 std: Any, batch_size: int, amp: bool = False,
+                 channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities and logits of ``model`` for cache ``rows`` (eval mode)."""
     import torch
 
@@ -187,9 +188,8 @@ def predict_rows(model: Any, cache: np.ndarray, rows: np.ndarray, *, device: str
             r = rows[i:i + batch_size]
             order = np.argsort(r, kind="stable")
             x = torch.from_numpy(np.ascontiguousarray(cache[r[order]])).to(device)
-            x = to_float(x, mean, std)
-            if device == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = to_float(x, mean, std).contiguous(
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format)
             with torch.autocast("cuda", enabled=amp and device == "cuda"):
                 logits = model(x).float()
             inv = np.empty_like(order)
@@ -281,7 +281,7 @@ def _train_fold(
                          input_size=cfg.img_size)
     pre = preprocess_config(job.arch, cfg.img_size)
     model.to(device)
-    if device == "cuda":
+    if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = bool(cfg.amp and device == "cuda")
@@ -358,7 +358,7 @@ def _train_fold(
                     batch_hook(step)
                 x, y = load_batch(cache, train_rows[batch], train_labels[batch], device=device,
                                   mean=pre.mean, std=pre.std, generator=gen,
-                                  augment=cfg.augment)
+                                  augment=cfg.augment, channels_last=cfg.channels_last)
                 lr = lr_at(step, total=total_steps, warmup=warmup, peak=cfg.lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
@@ -374,7 +374,8 @@ def _train_fold(
                 bar.update(1)
             train_time = time.perf_counter() - t0
             probs, logits = predict_rows(model, cache, val_rows, device=device, mean=pre.mean,
-                                         std=pre.std, batch_size=eval_bs, amp=use_amp)
+                                         std=pre.std, batch_size=eval_bs, amp=use_amp,
+                                         channels_last=cfg.channels_last)
             val_loss = float(eval_loss(torch.from_numpy(logits).float(),
                                        torch.from_numpy(val_labels)))
             score = classification_metrics(val_labels, probs, job.classes)["balanced_accuracy"]
@@ -419,7 +420,7 @@ def _train_fold(
         raise SkinCoreError(f"{job.model} fold {job.fold} finished without a trained epoch.")
     model.load_state_dict(best_state)
     probs, _ = predict_rows(model, cache, val_rows, device=device, mean=pre.mean, std=pre.std,
-                            batch_size=eval_bs, amp=use_amp)
+                            batch_size=eval_bs, amp=use_amp, channels_last=cfg.channels_last)
     metrics = classification_metrics(val_labels, probs, job.classes)
     member_dir = job.member_dir
     member_dir.mkdir(parents=True, exist_ok=True)
