@@ -323,3 +323,14 @@ def test_tables_match_the_real_isic2019_metadata(isic2019_csv_dir: Path) -> None
         assert derived["lesion_missing"][c][0] == _tables.LESION_MISSING[c]
         for name in ("age", "sex", "site", "group_size"):
             assert tuple(derived[name][c]) == getattr(_tables, name.upper())[c], (name, c)
+
+
+def test_render_lesion_refuses_unknown_classes() -> None:
+    with pytest.raises(ConfigError, match="'label' of render_lesion"):
+        render_lesion("mel", lesion_seed=0)
+    with pytest.raises(ConfigError, match="'mix_with'"):
+        render_lesion("MEL", lesion_seed=0, mix_with="XYZ", mix_weight=0.3)
+    with pytest.raises(ConfigError, match="mix_weight"):
+        render_lesion("MEL", lesion_seed=0, mix_with="NV", mix_weight=0.9)
+    ambiguous = render_lesion("MEL", lesion_seed=3, size=48, mix_with="NV", mix_weight=0.5)
+    assert not np.array_equal(ambiguous, render_lesion("MEL", lesion_seed=3, size=48))

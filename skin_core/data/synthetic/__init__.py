@@ -442,7 +442,8 @@ def generate_demo_dataset(
     staging = Path(tempfile.mkdtemp(prefix=f".{IMAGES_DIR}.", suffix=".partial", dir=out))
     try:
         jobs = [
-            (r.image_id, r.true_label, r.ambiguous_with, float(r.mix_weight),
+            (r.image_id, r.true_label,
+             r.ambiguous_with if isinstance(r.ambiguous_with, str) else None, float(r.mix_weight),
              int(r.lesion_seed), int(r.view_seed), int(size), float(r.blur_sigma),
              bool(r.has_hair), bool(r.has_ruler), bool(r.has_vignette), str(staging))
             for r in plan.itertuples(index=False)

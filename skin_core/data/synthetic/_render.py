@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from skin_core.constants import ISIC2019_CLASSES
+from skin_core.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------
 # Palette (RGB, 0-255) of dermoscopic colours.
@@ -41,7 +42,7 @@ _C = {
     "white": (242, 236, 228),
     "yellow_white": (236, 222, 170),
 }
-_ACCENTS = frozenset({"black", "blue_grey", "red"})
+_ACCENTS = frozenset({"black", "blue_grey", "red", "dark_red", "purple"})
 _N_ANGLES = 1024  # resolution of the tabulated lesion border
 
 PALETTE: dict[str, np.ndarray] = {k: np.array(v, np.float32) / 255.0 for k, v in _C.items()}
@@ -351,6 +352,8 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
                          lesion_seed: int) -> tuple[np.ndarray, float]:
     """Skin + lesion in the canonical frame; returns (image HxWx3 float, feature strength)."""
     rng = np.random.default_rng(lesion_seed)
+    if not mix_weight > 0:
+        mix_with = None
     look = _mixed_look(label, mix_with, mix_weight, rng)
     strength = float(rng.uniform(0.45, 1.0))  # how textbook-like this lesion is
 
@@ -421,8 +424,14 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
 
     # --- lesion body: colour zones --------------------------------------------------------------
     n_col = max(1, int(rng.integers(look["n_colours"][0], look["n_colours"][1] + 1)))
-    # the base colour is never an accent (blue-grey, black, red) unless the class has no other
-    base = [(c, w) for c, w in look["colours"] if c not in _ACCENTS] or look["colours"]
+    # the base colour comes from the class itself (or its ambiguity partner), never from the
+    # small borrowed look, and is not an accent (black, blue-grey, red...) unless the class
+    # has nothing else (VASC)
+    allowed: set[str] = set()
+    for cls in (label, mix_with) if mix_with else (label,):
+        own = {c for c, _ in LOOKS[cls].colours}
+        allowed |= (own - _ACCENTS) or own
+    base = [(c, w) for c, w in look["colours"] if c in allowed]
     colours = [_pick_colour(rng, base)]
     colours += [_pick_colour(rng, look["colours"]) for _ in range(n_col - 1)]
     body = np.empty_like(img)
@@ -650,7 +659,21 @@ def render_lesion(label: str, *, lesion_seed: int, view_seed: int = 0, size: int
     -------
     numpy.ndarray
         ``(size, size, 3)`` uint8 RGB image. The same arguments give the same pixels.
+
+    Raises
+    ------
+    ConfigError
+        ``label`` or ``mix_with`` is not an ISIC 2019 class, or ``mix_weight`` is outside
+        [0, 0.5].
     """
-    frame, _ = _render_lesion_frame(size, label, mix_with, mix_weight, lesion_seed)
+    for name, value in (("label", label), ("mix_with", mix_with)):
+        if value is not None and value not in LOOKS:
+            raise ConfigError(f"The '{name}' of render_lesion must be one of "
+                              f"{list(ISIC2019_CLASSES)}; got {value!r} instead.")
+    if not 0.0 <= mix_weight <= 0.5:
+        raise ConfigError(f"The 'mix_weight' of render_lesion must be in [0, 0.5]; got "
+                          f"{mix_weight!r} instead.")
+    frame, _ = _render_lesion_frame(int(size), label, mix_with, float(mix_weight),
+                                    int(lesion_seed))
     return render_view(frame, view_seed=view_seed, hair=hair, ruler=ruler, vignette=vignette,
                        blur_sigma=blur_sigma)
