@@ -334,3 +334,14 @@ def test_render_lesion_refuses_unknown_classes() -> None:
         render_lesion("MEL", lesion_seed=0, mix_with="NV", mix_weight=0.9)
     ambiguous = render_lesion("MEL", lesion_seed=3, size=48, mix_with="NV", mix_weight=0.5)
     assert not np.array_equal(ambiguous, render_lesion("MEL", lesion_seed=3, size=48))
+
+
+def test_written_metadata_is_shared_within_lesions(demo) -> None:
+    out, _ = demo
+    meta = pd.read_csv(out / "ISIC_2019_Training_Metadata.csv")
+    gt = pd.read_csv(out / "ISIC_2019_Training_GroundTruth.csv")
+    meta["label"] = gt[list(ISIC2019_CLASSES)].idxmax(axis=1)
+    grouped = meta.dropna(subset=["lesion_id"]).groupby("lesion_id")
+    assert (grouped.size() >= 2).any()
+    cols = ["age_approx", "sex", "anatom_site_general", "label"]
+    assert (grouped[cols].nunique(dropna=False) == 1).all().all()
