@@ -475,8 +475,9 @@ def build_features(
         quality_columns = spec.quality_columns
     elif quality is not None:
         quality_columns = tuple(
-            c for c in quality.columns if c != IMAGE_ID and _numeric_like(quality[c])
-        )
+            c for c in quality.columns
+            if c not in (IMAGE_ID, "error") and _numeric_like(quality[c])
+        )  # quality.csv's "error" column is all-NaN (numeric-like) when every image decoded
     if quality_columns:
         if quality is None:
             raise DataError(
