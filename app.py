@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from skin_core.workspace import active_selection, current_workspace
+
 st.set_page_config(
     page_title="Skin Disease Expert",
     page_icon=":material/dermatology:",
@@ -17,7 +19,17 @@ DISCLAIMER = (
 
 pages = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/predict.py", title="Predict", icon=":material/image_search:"),
+    st.Page("pages/difficult.py", title="Difficult images", icon=":material/grid_view:"),
+    st.Page("pages/experts.py", title="Experts vs CNN", icon=":material/groups:"),
+    st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
 ]
 nav = st.navigation(pages)
-st.sidebar.caption(DISCLAIMER)
+active = active_selection(current_workspace())
+with st.sidebar:
+    st.caption(
+        f"Study: **{active.study.name if active.study else 'none'}** · "
+        f"Bundle: **{active.bundle.name if active.bundle else 'none'}**"
+    )
+    st.caption(DISCLAIMER)
 nav.run()

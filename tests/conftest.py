@@ -44,3 +44,36 @@ def demo_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo")
     generate_demo_dataset(out, n=160, seed=0, size=96)
     return out
+
+
+#: Study config of the app tests' workspace: two tiny CNNs, 2 folds, 2 epochs at 32 px, no
+#: class weighting (so some images are right by every model: difficult AND control images).
+APP_STUDY_CONFIG = {
+    "folds": {"k": 2, "seed": 0},
+    "train": {"archs": ["test_resnet", "test_efficientnet"], "epochs": 2, "img_size": 32,
+              "batch_size": 32, "folds": 2, "loss_weighting": "none", "augment": False,
+              "lr": 3e-3},
+    "difficulty": {"permutations": 200},
+    "readers": {"bootstrap": 50, "permutations": 100,
+                "simulate": {"enabled": True, "n_readers": 3, "n_per_group": 12}},
+    "meta": {"bootstrap": 50},
+}
+
+
+@pytest.fixture(scope="session")
+def app_workspace(tmp_path_factory) -> Path:
+    """A workspace (``SKIN_CORE_HOME``) with a tiny real study and bundle for the app tests.
+
+    ``data/demo`` (240 synthetic images, 96 px), ``studies/demo`` (the whole study with
+    simulated readers) and ``models/demo`` (its bundle). About a minute on 2 CPU cores.
+    """
+    from skin_core.data.synthetic import generate_demo_dataset
+    from skin_core.demo import demo_config
+    from skin_core.study import run_study
+
+    root = tmp_path_factory.mktemp("workspace")
+    generate_demo_dataset(root / "data" / "demo", n=240, seed=0, size=96)
+    cfg = demo_config(APP_STUDY_CONFIG)
+    cfg["bundle"] = {"out": str(root / "models" / "demo")}
+    run_study(f"isic2019:{root / 'data' / 'demo'}", root / "studies" / "demo", config=cfg)
+    return root
