@@ -74,6 +74,7 @@ def test_safetensors_weights_load_and_head_is_skipped(tmp_path: Path) -> None:
     s, d = src.state_dict(), dst.state_dict()
     assert torch.equal(s["conv1.0.weight"], d["conv1.0.weight"])
     assert d["fc.weight"].shape == (3, s["fc.weight"].shape[1])
+    assert not d["fc.weight"].any() and not d["fc.bias"].any()  # new head starts at zero
 
 
 def test_pth_with_prefix_and_report(tmp_path: Path) -> None:

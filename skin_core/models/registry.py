@@ -18,7 +18,8 @@ Weights (``pretrained``):
   ``mobilenet_v2`` file into timm's ``mobilenetv2_100``), keys are mapped by position. The
   classifier head is skipped when its shape differs (new number of classes). Fewer than
   ``min_match`` (default 90 %) of the model's backbone tensors matched is an error that gives
-  the matched / missing counts.
+  the matched / missing counts. A new head on pretrained weights (file or hub) starts at zero
+  (:func:`zero_head`), so the first steps do not push large random gradients into the backbone.
 
 :class:`PreprocessConfig` (input size, mean, std, interpolation, crop) is stored in every
 checkpoint sidecar so inference cannot preprocess differently from training.
@@ -222,10 +223,13 @@ def create_model(
                 f"machine is offline, pass a local weights file instead (--pretrained "
                 f"PATH/TO/{arch}.safetensors or .pth)."
             ) from exc
+        zero_head(model)
     else:
         model = timm.create_model(arch, pretrained=False, **kwargs)
         if source != "none":
-            load_weights(model, source, arch=arch, min_match=min_match)
+            report = load_weights(model, source, arch=arch, min_match=min_match)
+            if not report["head_loaded"]:
+                zero_head(model)
     if input_size is not None:
         stride = network_stride(model)
         if int(input_size) < stride:
@@ -328,6 +332,20 @@ def remap_state_dict(
     return by_name, "name"
 
 
+def zero_head(model: Any) -> None:
+    """Zero the new classifier head of a pretrained backbone.
+
+    The first logits are then all 0 (loss ``log K``), so the randomly initialised head does not
+    send large, wrong gradients into the pretrained features during the first steps.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if name in _head_keys(model):
+                tensor.zero_()
+
+
 def _head_keys(model: Any) -> set[str]:
     cfg = getattr(model, "pretrained_cfg", None) or {}
     classifier = cfg.get("classifier", "classifier") if isinstance(cfg, dict) else "classifier"
@@ -342,7 +360,8 @@ def load_weights(
 
     Returns
     -------
-    dict with ``matched``, ``missing``, ``method`` (``"name"`` or ``"position"``).
+    dict with ``matched``, ``missing``, ``method`` (``"name"`` or ``"position"``) and
+    ``head_loaded`` (the file's classifier head fitted and was loaded).
 
     Raises
     ------
@@ -363,4 +382,5 @@ def load_weights(
             "file); pass weights made for this architecture."
         )
     model.load_state_dict(mapped, strict=False)
-    return {"matched": matched, "missing": missing, "method": method}
+    return {"matched": matched, "missing": missing, "method": method,
+            "head_loaded": bool(head) and all(k in mapped for k in head)}
