@@ -32,7 +32,7 @@ def test_ham10000_subset_oof_balanced_accuracy_above_chance(
     ds = table_from_frame(sub.reset_index(drop=True), classes=full.classes, root=ham10000_dir)
     pretrained = _weights()
     cfg = TrainConfig(archs=("mobilenetv2_100",), folds=2, epochs=6, img_size=96,
-                      batch_size=32, lr=5e-4, warmup_epochs=0.5, patience=0, threads=2,
+                      batch_size=32, lr=5e-4, warmup_epochs=0.5, patience=0, threads=1,
                       pretrained=pretrained, cache_dir=str(tmp_path / "cache"))
     res = train_run(ds, out=tmp_path / "run", config=cfg)
     bacc = res.metrics["mobilenetv2_100"]["balanced_accuracy"]

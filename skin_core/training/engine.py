@@ -27,6 +27,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -392,7 +393,7 @@ def _train_fold(
                 "val_balanced_accuracy": score, "images_per_s": seen / max(train_time, 1e-9),
                 "lr": lr_at(max(step - 1, 0), total=total_steps, warmup=warmup, peak=cfg.lr),
                 "elapsed_s": time.perf_counter() - t_run, "best_epoch": best_epoch,
-                "time": time.time(),
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             history.append({key: event[key] for key in (
                 "epoch", "train_loss", "val_loss", "val_balanced_accuracy")})
