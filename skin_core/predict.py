@@ -493,6 +493,7 @@ class Predictor:
             The image cannot be used (not an image, truncated, too large, too small...).
         """
         if hasattr(image, "read") and not isinstance(image, (bytes, bytearray)):
+            name = name or getattr(image, "name", None)  # e.g. Streamlit's UploadedFile
             image = image.read()
         item = self.prepare(image, name=name)
         if item.error is not None:
@@ -718,10 +719,18 @@ class Predictor:
                   metas: list[dict[str, Any]], items: list[_Prepared]) -> Any:
         import pandas as pd
 
-        from skin_core.meta.features import wide_from_probs
+        from skin_core.constants import FOLD, LABEL
+        from skin_core.meta.features import WideOOF, wide_columns
 
-        wide = wide_from_probs(ids, {m: probs[m] for m in pred.feature_spec.models},
-                               self.classes)
+        # What skin_core.meta.wide_from_probs builds, in one DataFrame construction (its
+        # column-by-column inserts cost more than LightGBM itself for one image).
+        models = tuple(sorted(pred.feature_spec.models))
+        cols: dict[str, Any] = {LABEL: [self.classes[0]] * len(ids), FOLD: [-1] * len(ids)}
+        for m in models:
+            for k, wc in enumerate(wide_columns(m, self.classes)):
+                cols[wc] = np.asarray(probs[m][:, k], dtype=float)
+        wide = WideOOF(table=pd.DataFrame(cols, index=pd.Index(ids, name=IMAGE_ID)),
+                       models=models, classes=self.classes)
         md = pd.DataFrame({
             IMAGE_ID: ids,
             AGE: [np.nan if m[AGE] is None else m[AGE] for m in metas],
