@@ -128,6 +128,8 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny, tmp_path: Path) -> None:
     assert (cut / "members/test_resnet/fold0.json").is_file()
     ckpt = json.loads((cut / "checkpoints/test_resnet/fold1/last.json").read_text())
     assert ckpt["epoch"] == 0
+    kinds = {p.suffix for p in (cut / "checkpoints").rglob("*") if p.is_file()}
+    assert kinds == {".safetensors", ".json"}  # no pickle anywhere
     trained = []
     res = train_run(tiny, out=cut, config=cfg, resume=True,
                     batch_hook=lambda step: trained.append(step))

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = default)")
     p.add_argument("--backend", choices=("local", "ray"))
     p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster address")
+    p.add_argument("--ray-cpus", type=int, metavar="N",
+                   help="CPUs (and torch threads) per Ray task on clusters without GPUs")
     p.add_argument("--cache-dir", metavar="DIR", help="image cache folder "
                    "(default $SKIN_CORE_CACHE_DIR or .cache/images)")
     p.add_argument("--resume", action="store_true",
@@ -61,7 +63,7 @@ _CLI_KEYS = {
     "folds": "folds", "epochs": "epochs", "img_size": "img_size", "batch_size": "batch_size",
     "lr": "lr", "patience": "patience", "seed": "seed", "pretrained": "pretrained",
     "device": "device", "threads": "threads", "backend": "backend",
-    "address": "ray_address", "cache_dir": "cache_dir",
+    "address": "ray_address", "cache_dir": "cache_dir", "ray_cpus": "ray_cpus_per_task",
 }
 
 
