@@ -13,7 +13,7 @@ from PIL import Image
 
 from skin_core.constants import prob_columns
 from skin_core.errors import ConfigError, DataError, SkinCoreError
-from skin_core.training import TrainConfig, TrainingCancelled, train_run
+from skin_core.training import TrainConfig, TrainingCancelled, config_from_dict, train_run
 from skin_core.training.checkpoint import DiskFullError
 
 COLOURS = {"A": (200, 60, 60), "B": (60, 200, 60), "C": (60, 60, 200)}
@@ -162,6 +162,23 @@ def test_several_seeds_give_member_ids(tiny, tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, epochs=1, seeds=(0, 1))
     res = train_run(tiny, out=tmp_path / "run", config=cfg)
     assert set(res.metrics) == {"test_resnet@s0", "test_resnet@s1"}
+
+
+def test_each_arch_trains_at_its_own_size(tiny, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, epochs=1, archs=("test_resnet", "test_efficientnet"),
+                      img_size=32, img_sizes={"test_efficientnet": 48})
+    train_run(tiny, out=tmp_path / "run", config=cfg)
+    sizes = {m: json.loads((tmp_path / "run" / "members" / m / "fold0.json").read_text())
+             ["preprocessing"]["input_size"] for m in ("test_resnet", "test_efficientnet")}
+    assert sizes == {"test_resnet": 32, "test_efficientnet": 48}
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.u8"))[0].endswith("-32.u8")
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 2
+    with pytest.raises(ConfigError, match="img_sizes"):
+        config_from_dict({"archs": ["test_resnet"], "img_sizes": {"resnet50": 224}})
+    with pytest.raises(ConfigError, match="too small for 'test_efficientnet'"):
+        train_run(tiny, out=tmp_path / "run2", config=tiny_config(
+            tmp_path, archs=("test_resnet", "test_efficientnet"), img_sizes={
+                "test_efficientnet": 8}))
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -30,6 +30,8 @@ class TrainConfig:
     folds: number of cross-validation folds ``K`` (>= 2).
     epochs: maximum epochs per fold.
     img_size: square input side in pixels.
+    img_sizes: per-architecture input sides overriding ``img_size`` (the published study
+        trained EfficientNet-B4/B5/B6 at 380/456/528 px), e.g. ``{"efficientnet_b5": 456}``.
     batch_size: images per optimisation step.
     lr: peak learning rate (AdamW).
     weight_decay: AdamW weight decay.
@@ -61,6 +63,7 @@ class TrainConfig:
     folds: int = 5
     epochs: int = 10
     img_size: int = 128
+    img_sizes: dict[str, int] = field(default_factory=dict)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -99,6 +102,10 @@ class TrainConfig:
         """A copy with ``changes`` applied (validated)."""
         return replace(self, **changes)
 
+    def size_for(self, arch: str) -> int:
+        """The input side for ``arch``: its ``img_sizes`` entry, else ``img_size``."""
+        return int(self.img_sizes.get(arch, self.img_size))
+
     @property
     def multi_seed(self) -> bool:
         return len(self.seeds) > 1
@@ -129,6 +136,12 @@ def validate_config(c: TrainConfig) -> None:
         _fail("epochs", "an integer >= 1", c.epochs)
     if not isinstance(c.img_size, int) or c.img_size < 8:
         _fail("img_size", "an integer >= 8 (pixels)", c.img_size)
+    if not isinstance(c.img_sizes, dict) or not all(
+            isinstance(v, int) and v >= 8 for v in c.img_sizes.values()):
+        _fail("img_sizes", "a mapping of architecture -> integer >= 8 (pixels)", c.img_sizes)
+    stray = sorted(set(c.img_sizes) - set(c.archs))
+    if stray:
+        _fail("img_sizes", f"keyed by architectures of this run {list(c.archs)}", stray)
     if not isinstance(c.batch_size, int) or c.batch_size < 2:
         _fail("batch_size", "an integer >= 2", c.batch_size)
     if not (isinstance(c.lr, (int, float)) and c.lr > 0):
@@ -173,6 +186,8 @@ def config_from_dict(d: dict[str, Any], *, base: TrainConfig | None = None) -> T
             )
         if k in _TUPLE_FIELDS:
             value = (value,) if isinstance(value, (str, int)) else tuple(value)
+        if k == "img_sizes":
+            value = dict(value or {})
         if k == "pretrained" and value is not None:
             value = str(value)
         clean[k] = value

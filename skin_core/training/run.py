@@ -187,9 +187,10 @@ def _check_archs(config: TrainConfig) -> None:
     for arch in config.archs:
         check_arch(arch)
         stride = network_stride(timm.create_model(arch, pretrained=False, num_classes=2))
-        if config.img_size < stride:
+        size = config.size_for(arch)
+        if size < stride:
             raise ConfigError(
-                f"Image size {config.img_size} px is too small for {arch!r}, which down-samples "
+                f"Image size {size} px is too small for {arch!r}, which down-samples "
                 f"by {stride}; use --img-size {stride} or larger."
             )
     p = config.pretrained
@@ -240,21 +241,30 @@ def _check_resume_compatible(run_dir: Path, doc: dict[str, Any]) -> None:
 
 def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
                run_dir: Path, *, resume: bool) -> list[FoldJob]:
-    """One :class:`FoldJob` per (model, fold), in (arch, seed, fold) order."""
+    """One :class:`FoldJob` per (model, fold), in (arch, seed, fold) order.
+
+    ``cache`` is one image cache, or a mapping ``input size -> cache`` when architectures
+    train at different sizes (``config.img_sizes``); each job gets the cache of its size and
+    its own ``img_size`` in the job's config.
+    """
     table = dataset.table
     ids = table[IMAGE_ID].astype(str).to_numpy()
-    rows = cache.rows(ids)
     labels = _label_index(dataset)
     fold_of = folds.reindex(ids).to_numpy()
-    cfg = config.to_dict()
+    caches = cache if isinstance(cache, dict) else {config.img_size: cache}
     jobs = []
     for model, arch, seed in model_ids(config):
+        size = config.size_for(arch)
+        arch_cache = caches[size] if size in caches else next(iter(caches.values()))
+        rows = arch_cache.rows(ids)
+        cfg = config.to_dict()
+        cfg["img_size"] = size
         for k in range(config.folds):
             tr, va = fold_of != k, fold_of == k
             jobs.append(FoldJob(
                 run_dir=str(run_dir), model=model, arch=arch, seed=seed, fold=k,
-                classes=tuple(dataset.classes), cache_path=str(cache.path),
-                cache_shape=tuple(int(x) for x in cache.array.shape),  # type: ignore[arg-type]
+                classes=tuple(dataset.classes), cache_path=str(arch_cache.path),
+                cache_shape=tuple(int(x) for x in arch_cache.array.shape),  # type: ignore[arg-type]
                 train_rows=tuple(int(x) for x in rows[tr]),
                 train_labels=tuple(int(x) for x in labels[tr]),
                 val_rows=tuple(int(x) for x in rows[va]),
@@ -411,11 +421,13 @@ def train_run(
         table = dataset.table
         ids = table[IMAGE_ID].astype(str).tolist()
         paths = table[PATH].astype(str).tolist()
-        cache = build_image_cache(
-            ids, paths, config.img_size, resize=config.resize, cache_dir=config.cache_dir,
-            fingerprint=content_fingerprint(ids, paths) + f"-{config.resize}",
-            workers=config.cache_workers or None, progress=progress)
-        jobs = build_jobs(dataset, config, series, cache, run_dir, resume=resume)
+        fp = content_fingerprint(ids, paths) + f"-{config.resize}"
+        caches = {
+            size: build_image_cache(
+                ids, paths, size, resize=config.resize, cache_dir=config.cache_dir,
+                fingerprint=fp, workers=config.cache_workers or None, progress=progress)
+            for size in sorted({config.size_for(a) for a in config.archs})}
+        jobs = build_jobs(dataset, config, series, caches, run_dir, resume=resume)
         todo = [j for j in jobs if not (resume and fold_finished(j))]
         done = len(jobs) - len(todo)
         status.write(jobs_done=done)
