@@ -202,3 +202,18 @@ def test_cli_bundle_and_tampered_predict_exit_2(trained, tmp_path, capsys) -> No
     assert "fold1.safetensors" in err and len(err.strip().splitlines()) == 1
     code = main(["bundle", "--run", str(trained["run"]), "--no-quality", "--out", str(out)])
     assert code == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_run_resize_mode_travels_into_the_members_preprocessing(trained, tmp_path) -> None:
+    import yaml
+
+    from skin_core.models.bundle import build_bundle, load_bundle
+
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    doc = yaml.safe_load((run / "config.yaml").read_text())
+    assert load_bundle(trained["bundle"]).members[0].preprocessing["crop"] == "center"
+    doc["train"]["resize"] = "stretch"
+    (run / "config.yaml").write_text(yaml.safe_dump(doc))
+    b = load_bundle(build_bundle(run, out=tmp_path / "b"))
+    assert {m.preprocessing["crop"] for m in b.members} == {"stretch"}

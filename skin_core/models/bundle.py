@@ -467,13 +467,17 @@ def build_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         members = []
+        # The image cache's resize mode is the run's (train.resize); the sidecars' "crop" field
+        # predates it, so the run's setting wins.
+        resize = str((config.get("train") or {}).get("resize") or "center")
         for doc, weights in found:
             rel = f"members/{doc['model']}/fold{int(doc['fold'])}.safetensors"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(weights, tmp / rel)
             members.append(MemberSpec(
                 model=str(doc["model"]), arch=str(doc["arch"]), seed=int(doc.get("seed", 0)),
-                fold=int(doc["fold"]), file=rel, preprocessing=dict(doc["preprocessing"]),
+                fold=int(doc["fold"]), file=rel,
+                preprocessing={**doc["preprocessing"], "crop": resize},
                 metrics=dict(doc.get("metrics") or {})).to_dict())
         for sub, (src, man) in metas.items():
             (tmp / sub).mkdir()
