@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -22,13 +23,14 @@ def active():
 
 @st.cache_resource(show_spinner="Loading the model bundle…", max_entries=2)
 def get_predictor(bundle: str, stamp: float):
-    """The bundle's Predictor, loaded once per process (``stamp``: bundle.json mtime)."""
+    """(Predictor, load time stamp): loaded once per process (``stamp``: bundle.json mtime)."""
     from skin_core.predict import Predictor
 
-    return Predictor(bundle, device="cpu")
+    return Predictor(bundle, device="cpu"), time.strftime("%H:%M:%S")
 
 
 def predictor_for(bundle: Path):
+    """The active bundle's Predictor and when it was loaded (cached across pages)."""
     return get_predictor(str(bundle), (bundle / "bundle.json").stat().st_mtime)
 
 

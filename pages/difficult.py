@@ -42,14 +42,16 @@ n_models = int(gallery["n_models"].max()) if len(gallery) else 1
 
 sig = json.loads(files["significance"].read_text()) if "significance" in files else None
 if sig:
-    c = st.columns(5)
+    c = st.columns(6)
     c[0].metric("Images", f"{sig['n_images']:,}")
     c[1].metric("Wrong by all models", f"{sig['observed_all_wrong']:,}")
     c[2].metric("Expected by chance", f"{sig['expected_all_wrong']:.1f}")
     ratio = sig.get("ratio_all_wrong")
     c[3].metric("Observed / expected", "–" if ratio is None else f"{ratio:.2f}×")
-    c[4].metric("p (exact, permutation)",
-                f"{sig['p_value_exact']:.2g}, {sig['p_value_permutation']:.2g}")
+    c[4].metric("p exact", f"{sig['p_value_exact']:.2g}",
+                help="Poisson-binomial upper tail under independent models")
+    c[5].metric("p permutation", f"{sig['p_value_permutation']:.2g}",
+                help=f"{sig['n_permutations']:,} permutations within classes")
 
 tab_gallery, tab_sig, tab_quality, tab_table = st.tabs(
     ["Gallery", "Significance", "Image quality", "Table"])
@@ -57,8 +59,8 @@ tab_gallery, tab_sig, tab_quality, tab_table = st.tabs(
 with st.sidebar:
     st.markdown("**Gallery filters**")
     with st.form("filters"):
-        groups = st.multiselect("Group", ["difficult", "control", "other"],
-                                default=["difficult"])
+        group = st.radio("Group", ["difficult", "control", "other", "all"], horizontal=True,
+                         help="difficult: wrong by the models (m of M); control: right by all")
         classes = st.multiselect("True class", sorted(gallery["label"].unique()))
         min_wrong = st.slider("Wrong by at least m of M models", 0, n_models, 0,
                               help="m-of-M agreement: 0 keeps every image of the groups")
@@ -67,13 +69,15 @@ with st.sidebar:
         mis = st.radio("Likely mislabeled", ["any", "only", "exclude"], horizontal=True)
         st.form_submit_button("Apply filters", type="primary")
 
-rows = filter_gallery(gallery, groups=groups or None, classes=classes,
+rows = filter_gallery(gallery, groups=None if group == "all" else [group], classes=classes,
                       min_wrong=min_wrong or None, blur_range=blur, mislabeled=mis)
 
-with tab_gallery:
+@st.fragment
+def gallery_section(rows):
+    """Paging and the detail view rerun only this fragment, not the whole page."""
     top = st.columns([2, 1, 1])
     top[0].markdown(f"**{len(rows):,}** of {len(gallery):,} images match the filters.")
-    per_page = top[1].selectbox("Per page", [48, 96, 240], index=0)
+    per_page = top[1].radio("Per page", [48, 96, 240], horizontal=True)
     n_pages = page_slice(len(rows), 1, per_page)[2]
     page = top[2].number_input("Page", 1, n_pages, 1, step=1)
     start, stop, _ = page_slice(len(rows), page, per_page)
@@ -102,6 +106,10 @@ with tab_gallery:
             + (" · **likely mislabeled**" if r["likely_mislabeled"] else "")
             + (f" · blur score {r['blur_score']:.2f}" if r["blur_score"] == r["blur_score"]
                else ""))
+
+
+with tab_gallery:
+    gallery_section(rows)
 
 with tab_sig:
     if sig is None:

@@ -57,18 +57,22 @@ else:
         c1, c2 = st.columns(2)
         up_truth = c1.file_uploader("Truth (image_id, label)", type=["csv"])
         up_groups = c2.file_uploader("Groups (image_id, group)", type=["csv"])
-        submitted = st.form_submit_button("Analyse", type="primary")
+        st.form_submit_button("Analyse", type="primary")
     if not up_readings:
         st.info("Upload a readings.csv and press Analyse.", icon=":material/upload_file:")
         st.stop()
     try:
         files = study_files(sel.study) if sel.study is not None else {}
         base = demo_reader_inputs(sel.study) if sel.study is not None else None
-        readings = read_upload_csv(up_readings.getvalue(), up_readings.name)
-        truth = (read_upload_csv(up_truth.getvalue(), up_truth.name) if up_truth
-                 else (base.truth if base else None))
-        groups = (read_upload_csv(up_groups.getvalue(), up_groups.name) if up_groups
-                  else files.get("difficulty"))
+        readings = read_upload_csv(up_readings.getvalue(), up_readings.name,
+                                   required=("reader_id", "image_id", "diagnosis"),
+                                   what="readings.csv")
+        truth = (read_upload_csv(up_truth.getvalue(), up_truth.name,
+                                 required=("image_id", "label"), what="truth CSV")
+                 if up_truth else (base.truth if base else None))
+        groups = (read_upload_csv(up_groups.getvalue(), up_groups.name,
+                                  required=("image_id", "group"), what="groups CSV")
+                  if up_groups else files.get("difficulty"))
         if truth is None:
             st.error("No truth to compare the readings with: upload a truth CSV "
                      "(image_id, label) or make a study active.")
@@ -101,7 +105,7 @@ st.dataframe(reader_group_table(summary), hide_index=True,
 acc = reader_accuracy_table(summary)
 long = acc.melt(id_vars=["who", "kind"], var_name="group", value_name="accuracy").dropna()
 fig = px.bar(long, x="who", y="accuracy", color="group", barmode="group",
-             pattern_shape="kind", title="Accuracy per reader, consensus and CNN",
+             hover_data=["kind"], title="Accuracy per reader, consensus and CNN",
              color_discrete_map={"difficult": "#c0392b", "control": "#2f6f8f",
                                  "other": "#8a9aa5", "all": "#2f6f8f"})
 fig.update_yaxes(range=[0, 1])

@@ -35,7 +35,7 @@ if sel.bundle is None:
                icon=":material/warning:")
     st.stop()
 try:
-    predictor = predictor_for(sel.bundle)
+    predictor, loaded_at = predictor_for(sel.bundle)
 except SkinCoreError as exc:
     st.error(str(exc))
     st.stop()
@@ -57,6 +57,8 @@ with st.container(border=True):
         if shot is not None:
             uploads = [*(uploads or []), shot]
 
+st.caption(f"Bundle {sel.bundle.name} loaded at {loaded_at} ({predictor.load_seconds:.1f} s), "
+           "once per app process.")
 if not uploads:
     st.info(f"Bundle **{sel.bundle.name}**: {len(predictor.models)} model(s), classes "
             f"{' '.join(classes)}. Upload an image to start.", icon=":material/upload:")
@@ -95,20 +97,19 @@ for up in uploads:
     else:
         st.success("No referral reason found.", icon=":material/check_circle:")
 
-    left, right = st.columns(2)
-    with left:
-        st.image(data, caption="Original", width="stretch")
-    with right:
-        if result.overlay is not None:
-            st.image(result.overlay, caption=f"Grad-CAM heatmap ({result.heatmap_member})",
+    c_img, c_heat, c_bars = st.columns([1, 1, 2])
+    c_img.image(data, caption="Original", width="stretch")
+    if result.overlay is not None:
+        c_heat.image(result.overlay, caption=f"Grad-CAM heatmap ({result.heatmap_member})",
                      width="stretch")
-
     bars = member_probability_frame(result, classes)
     fig = px.bar(bars, x="class", y="probability", color="source", barmode="group",
                  title="Probabilities per architecture, ensemble and meta-classifier",
                  category_orders={"class": classes})
     fig.update_yaxes(range=[0, 1])
-    st.plotly_chart(fig, width="stretch", key=f"bars-{key[0]}")
+    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.2})
+    c_bars.plotly_chart(fig, width="stretch", key=f"bars-{key[0]}")
 
     st.markdown("**Meta-classifier with and without metadata**")
     st.dataframe(meta_comparison(result, without), hide_index=True,

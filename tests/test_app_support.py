@@ -70,7 +70,7 @@ def test_thumbnail_is_small_jpeg_and_bad_files_raise(tmp_path):
 
 def test_grid_html_escapes_and_caption():
     html = aps.thumbnail_grid_html([("data:x", "<id>", "a & b")])
-    assert "&lt;id&gt;" in html and "a &amp; b" in html and 'loading="lazy"' in html
+    assert "&lt;id&gt;" in html and "a &amp; b" in html and 'decoding="async"' in html
     row = _gallery().iloc[0].to_dict()
     assert aps.thumb_caption(row, ["pred_m1"]) == "truth MEL · 3/3 wrong · blur 0.20 · pred NV"
 
@@ -95,6 +95,10 @@ def test_significance_and_quality_tables():
 def test_read_upload_csv_errors():
     df = aps.read_upload_csv(b"\xef\xbb\xbfreader_id, image_id\nR1,a\n", "r.csv")
     assert list(df.columns) == ["reader_id", "image_id"]
+    with pytest.raises(DataError, match=r"r.csv has no column 'diagnosis' \(found reader_id, "
+                       r"image_id\); a readings.csv needs the columns reader_id, image_id, "):
+        aps.read_upload_csv(b"reader_id,image_id\nR1,a\n", "r.csv",
+                            required=("reader_id", "image_id", "diagnosis"), what="readings.csv")
     with pytest.raises(DataError, match="r.csv is empty"):
         aps.read_upload_csv(b"  \n", "r.csv")
     with pytest.raises(DataError, match="not UTF-8"):

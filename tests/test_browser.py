@@ -1,7 +1,14 @@
-"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run`."""
+"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run`.
+
+One Streamlit server on a free port serves the tiny study of ``app_workspace``; one browser
+page walks through every page, saves screenshots under ``artifacts/screenshots/`` and writes
+the measured performance figures to ``artifacts/perf.json`` (quoted in docs/app.md).
+"""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import shutil
 import socket
@@ -11,14 +18,17 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts" / "screenshots"
+PERF = ROOT / "artifacts" / "perf.json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
 ]
 
@@ -26,6 +36,23 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+TIMEOUT_MS = 60_000
+perf: dict[str, float] = {}
+
+#: Budgets from the issue (seconds): predict result after upload, 200+ thumbnails.
+PREDICT_BUDGET_S = 5.0
+GALLERY_BUDGET_S = 3.0
+
+
+def _load_factor() -> float:
+    """How oversubscribed the CPUs are (1 on an idle machine, e.g. 3.5 when 7 runnable
+    processes share 2 cores); budgets are scaled by it so a shared CI box does not flake.
+    The raw figures and the factor are written to artifacts/perf.json either way."""
+    load = os.getloadavg()[0]
+    n = os.cpu_count() or 1
+    perf["load_avg_1min"] = round(load, 2)
+    perf["cpus"] = n
+    return max(1.0, min(4.0, load / n))
 
 
 def _free_port() -> int:
@@ -35,9 +62,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_dir, tmp_path_factory):
+def app_url(app_workspace, tmp_path_factory):
     port = _free_port()
-    env = dict(os.environ, SKIN_CORE_DEMO_DIR=str(demo_dir))
+    state = tmp_path_factory.mktemp("state")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKIN_CORE_")}
+    env.update(SKIN_CORE_HOME=str(app_workspace), SKIN_CORE_STATE_DIR=str(state))
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
@@ -61,6 +90,8 @@ def app_url(demo_dir, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        PERF.write_text(json.dumps(perf, indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +102,147 @@ def page(app_url):
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
         yield pg
         browser.close()
 
 
-def test_home_page_in_browser(page, app_url):
+def _shot(pg, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    pg.wait_for_timeout(300)  # let Plotly finish drawing
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _running_done(pg) -> None:
+    """Wait until Streamlit is idle (no 'Running...' status widget)."""
+    pg.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+
+
+def test_home_page_in_browser(page, app_url):
     page.goto(app_url)
-    page.get_by_text("Images per class").first.wait_for(timeout=30_000)
+    page.get_by_text("Images per class").first.wait_for()
     assert page.get_by_text("research use only", exact=False).first.is_visible()
-    assert page.get_by_text("160").first.is_visible()
-    page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+    assert page.get_by_text("240").first.is_visible()
+    _shot(page, "home")
+
+
+def _demo_image(app_workspace: Path) -> Path:
+    return sorted((app_workspace / "data/demo/ISIC_2019_Training_Input").glob("*.jpg"))[3]
+
+
+def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, app_workspace):
+    page.goto(f"{app_url}/predict")
+    page.get_by_text("Upload an image to start").wait_for()
+    loaded = page.get_by_text("loaded at").first.inner_text()
+    t0 = time.perf_counter()
+    page.locator("input[type=file]").first.set_input_files(str(_demo_image(app_workspace)))
+    page.get_by_text("Top diagnosis").first.wait_for()
+    page.get_by_text("Grad-CAM heatmap").first.wait_for()
+    page.get_by_text("Image quality").first.wait_for()
+    page.get_by_text("Blur score against the training distribution").first.wait_for()
+    perf["predict_visible_s"] = round(time.perf_counter() - t0, 2)
+    assert perf["predict_visible_s"] < PREDICT_BUDGET_S * _load_factor()
+    _running_done(page)
+    _shot(page, "predict")
+    # switching pages never reloads the models: the load time stamp is the same afterwards
+    page.goto(f"{app_url}/difficult")
+    page.get_by_text("images match the filters").first.wait_for()
+    t1 = time.perf_counter()
+    page.get_by_role("link", name="Predict").first.click()
+    page.get_by_text("loaded at").first.wait_for()
+    perf["switch_to_predict_s"] = round(time.perf_counter() - t1, 2)
+    assert page.get_by_text("loaded at").first.inner_text() == loaded
+
+
+def _bomb_png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buf, format="PNG")  # 144 Mpx in ~20 kB
+    return buf.getvalue()
+
+
+def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, app_workspace):
+    page.goto(f"{app_url}/predict")
+    page.get_by_text("Upload an image to start").wait_for()
+    page.locator("input[type=file]").first.set_input_files(files=[
+        {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"plain text, not a JPEG"},
+        {"name": "bomb.png", "mimeType": "image/png", "buffer": _bomb_png()},
+    ])
+    page.get_by_text("notes.jpg", exact=False).nth(1).wait_for()
+    page.locator("[data-testid=stAlertContentError]").nth(1).wait_for()
+    errors = page.locator("[data-testid=stAlertContentError]").all_inner_texts()
+    assert any("notes.jpg" in e for e in errors) and any("bomb.png" in e for e in errors)
+    assert any("pixels" in e for e in errors)
+    _shot(page, "predict-bad-input")
+    page.locator("input[type=file]").first.set_input_files(str(_demo_image(app_workspace)))
+    page.get_by_text("Top diagnosis").first.wait_for()
+
+
+def test_gallery_thumbnails_and_filters(page, app_url, app_workspace):
+    diff = pd.read_csv(app_workspace / "studies/demo/difficulty/difficulty.csv")
+    n_shown = min(240, len(diff))
+    page.goto(f"{app_url}/difficult")
+    page.get_by_text("images match the filters").first.wait_for()
+    _running_done(page)
+    page.locator("[data-testid=stRadio]").filter(has_text="Group").get_by_text(
+        "all", exact=True).click()
+    page.get_by_role("button", name="Apply filters").click()
+    page.get_by_text(f"{len(diff):,} of {len(diff):,} images match").first.wait_for()
+    _running_done(page)
+    t0 = time.perf_counter()
+    page.locator("[data-testid=stRadio]").filter(has_text="Per page").get_by_text(
+        "240", exact=True).click()
+    page.wait_for_function(
+        "n => { const im = document.querySelectorAll('.sde-thumb img');"
+        " return im.length >= n && Array.from(im).every(i => i.complete && i.naturalWidth > 0); }",
+        arg=n_shown, timeout=TIMEOUT_MS)
+    perf["gallery_thumbnails"] = n_shown
+    perf["gallery_visible_s"] = round(time.perf_counter() - t0, 2)
+    assert n_shown >= 200
+    assert perf["gallery_visible_s"] < GALLERY_BUDGET_S * _load_factor()
+    _shot(page, "difficult")
+    radio = page.locator("[data-testid=stRadio]").filter(has_text="Per page")
+    radio.get_by_text("48", exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('.sde-thumb img').length <= 48")
+    t1 = time.perf_counter()  # again, with the thumbnails cached
+    radio.get_by_text("240", exact=True).click()
+    page.wait_for_function(
+        "n => { const im = document.querySelectorAll('.sde-thumb img');"
+        " return im.length >= n && Array.from(im).every(i => i.complete && i.naturalWidth > 0); }",
+        arg=n_shown, timeout=TIMEOUT_MS)
+    perf["gallery_visible_warm_s"] = round(time.perf_counter() - t1, 2)
+    before = page.get_by_text("images match the filters").first.inner_text()
+    page.locator("[data-testid=stRadio]").filter(has_text="Likely mislabeled").get_by_text(
+        "only", exact=True).click()
+    page.get_by_role("button", name="Apply filters").click()
+    n_mis = int(diff["likely_mislabeled"].sum())
+    page.get_by_text(f"{n_mis:,} of {len(diff):,} images match").first.wait_for()
+    assert page.get_by_text("images match the filters").first.inner_text() != before
+
+
+def test_experts_page_and_bad_csv(page, app_url, tmp_path):
+    page.goto(f"{app_url}/experts")
+    page.get_by_text("Tests between groups").first.wait_for()
+    page.get_by_text("Confusion matrices").first.wait_for()
+    _running_done(page)
+    _shot(page, "experts")
+    page.get_by_text("Upload readings.csv").first.click()
+    page.get_by_role("button", name="Analyse").wait_for()
+    bad = tmp_path / "readings.csv"
+    bad.write_text("reader_id,image_id\nR1,ISIC_9000000\n")
+    page.locator("input[type=file]").first.set_input_files(str(bad))
+    page.get_by_text("readings.csv").nth(1).wait_for()
+    page.get_by_role("button", name="Analyse").click()
+    err = page.locator("[data-testid=stAlertContentError]").first
+    err.wait_for()
+    assert "diagnosis" in err.inner_text()
+    _shot(page, "experts-bad-csv")
+
+
+def test_training_page(page, app_url):
+    page.goto(f"{app_url}/training")
+    page.get_by_text("New run").first.wait_for()
+    _running_done(page)
+    _shot(page, "training")
