@@ -275,7 +275,7 @@ def thumbnail_grid_html(items: Iterable[tuple[str, str, str]], *, side: int = TH
         f"{side + 16}px,1fr));gap:10px}}.sde-thumb{{margin:0;padding:6px;background:#fff;"
         "border:1px solid #dde5ea;border-radius:6px;font:12px/1.3 sans-serif;color:#1d2a33}"
         ".sde-thumb img{width:100%;height:auto;object-fit:cover;border-radius:4px;"
-        "background:#eef3f6}.sde-thumb figcaption{margin-top:4px;word-break:break-all}</style>"
+        "background:#eef3f6}.sde-thumb figcaption{margin-top:4px;overflow-wrap:anywhere}</style>"
     )
     return style + '<div class="sde-grid">' + "".join(cells) + "</div>"
 

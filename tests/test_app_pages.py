@@ -205,3 +205,37 @@ def test_pages_without_a_study_say_what_is_missing(monkeypatch, tmp_path):
         assert at.warning and "skin-core demo" in at.warning[0].value
 
 
+
+
+def test_training_cancel_and_resume(app, app_workspace, tmp_path):
+    from skin_core.jobs import cancel_job, list_jobs
+    from skin_core.workspace import current_workspace
+
+    at = app("training")
+    {w.label: w for w in at.text_input}["Name"].set_value("cancel-me")
+    at.multiselect[0].set_value(["test_resnet"])
+    at.number_input[0].set_value(2)
+    at.number_input[1].set_value(50)  # long enough to be cancelled mid-run
+    at.selectbox[-3].set_value(32)
+    at.button[-1].click().run()
+    jobs_dir = current_workspace().jobs
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # wait until the trainer is running
+            time.sleep(2)
+            at.run()
+            if any(m.label == "Epoch" and m.value != "–" for m in at.metric):
+                break
+        cancel = next(b for b in at.button if b.label == "Cancel")
+        cancel.click().run()
+        assert at.dataframe[0].value["state"].tolist()[0] == "cancelled"
+        assert (app_workspace / "studies/cancel-me/run/cancel").is_file()
+        resume = next(b for b in at.button if b.label == "Resume")
+        resume.click().run()
+        assert not (app_workspace / "studies/cancel-me/run/cancel").exists()
+        states = at.dataframe[0].value["state"].tolist()
+        assert states[0] == "running" and states.count("cancelled") == 1
+    finally:
+        for job in list_jobs(jobs_dir):
+            if job.active:
+                cancel_job(jobs_dir, job.job_id, grace_s=5.0)
