@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/setup.sh
 VENV="${SKIN_CORE_VENV:-.venv}"
-if [ ! -f data/demo/ISIC_2019_Training_GroundTruth.csv ]; then
-  echo "run: building the embedded demo dataset in data/demo (about a minute)"
-  "$VENV/bin/skin-core" demo-data --out data/demo --n 2000 --seed 0
+if [ ! -f models/demo/bundle.json ]; then
+  echo "run: building the embedded demo (synthetic data, a small real study, the bundle;"
+  echo "     a few minutes on 2 CPU cores, once): skin-core demo"
+  "$VENV/bin/skin-core" demo
 fi
 exec "$VENV/bin/streamlit" run app.py --server.port "${PORT:-8501}" "$@"

@@ -99,3 +99,20 @@ def test_study_config_errors(tmp_path):
         run_study(None, tmp_path / "s", config={"dataset": None})
     cfg = load_study_config(None, {"train": {"epochs": 3}})
     assert cfg["train"] == {"epochs": 3} and cfg["folds"] == {"k": 5, "seed": 0}
+
+
+@pytest.mark.slow
+def test_demo_builds_data_study_and_bundle_then_is_up_to_date(tmp_path):
+    import yaml
+
+    from skin_core.demo import build_demo
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    first = build_demo(tmp_path, config=cfg, n=120)
+    assert first["data"] == str(tmp_path / "data" / "demo")
+    assert (tmp_path / "data/demo/generation_truth.csv").is_file()
+    assert (tmp_path / "studies/demo/report.html").is_file()
+    assert (tmp_path / "models/demo/bundle.json").is_file()
+    second = build_demo(tmp_path, config=cfg, n=120)
+    assert {s["status"] for s in second["steps"]} <= {"skipped", "disabled"}
