@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--n-batch", type=int, default=500)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--workers", type=int, default=2, help="decoding threads of the batch run")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared 2-core machine 2 OpenMP threads "
                     "mostly wait for each other)")
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> dict:
                     net(xs[(pre.input_size, pre.crop, tuple(pre.mean), tuple(pre.std))])
 
     def e2e_batch():
-        n = sum(1 for r in pred.iter_predict(batch_files, batch_size=bs, workers=2) if r.ok)
+        n = sum(1 for r in pred.iter_predict(batch_files, batch_size=bs, workers=args.workers)
+                if r.ok)
         assert n == len(batch_files)
 
     b_floor, b_e2e = [], []
@@ -231,7 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "extra_over_plain_vs_backward": extra / bwd,
                     "cpu_extra_over_plain_ms": cpu_heat_extra * 1e3,
                     "target": "<= floor + one backward"},
-        "batch": {"n_images": n, "batch_size": bs, "floor_img_s": thr_floor,
+        "batch": {"n_images": n, "batch_size": bs, "decode_workers": args.workers,
+                  "floor_img_s": thr_floor,
                   "end_to_end_img_s": thr_e2e, "ratio": r_batch,
                   "target": ">= 0.8"},
         "cold_load_s": {"median": med(cold), "runs": cold, "target": "< 3"},

@@ -547,7 +547,8 @@ class Predictor:
         Parameters
         ----------
         images:
-            Paths (or bytes); any iterable (consumed lazily, so 10,000 paths are fine).
+            Paths (or bytes); any iterable (consumed lazily, so 10,000 paths are fine). Decoding
+        runs in ``workers`` threads ahead of the forward passes.
         metadata:
             ``(age, sex, site)`` for every image, or a mapping ``image_id -> (age, sex, site)``
             (or a DataFrame with ``image_id, age_approx, sex, anatom_site_general``).
@@ -596,6 +597,14 @@ class Predictor:
 
     def _predict_prepared(self, items: list[_Prepared], meta: Sequence[Any], *,
                           heatmap: bool, tta: bool) -> list[PredictionResult]:
+        batch = [it for it in items if it.error is None]
+        forward = self._forward(batch, tta=tta, heatmap=heatmap) if batch else ({}, None)
+        return self._assemble(items, meta, *forward)
+
+    def _assemble(self, items: list[_Prepared], meta: Sequence[Any],
+                  per_model: dict[str, np.ndarray], cams: np.ndarray | None
+                  ) -> list[PredictionResult]:
+        """Results from the forward passes' outputs (meta-classifier, sets, referral...)."""
         good = [i for i, it in enumerate(items) if it.error is None]
         out: list[PredictionResult | None] = [None] * len(items)
         for i, it in enumerate(items):
@@ -605,7 +614,6 @@ class Predictor:
             return out  # type: ignore[return-value]
         batch = [items[i] for i in good]
         ids = [f"{j}:{it.image_id}" for j, it in enumerate(batch)]
-        per_model, cams = self._forward(batch, tta=tta, heatmap=heatmap)
         k = len(self.classes)
         ens = np.mean([per_model[m] for m in self.models], axis=0)
         metas, warns = [], []
