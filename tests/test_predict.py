@@ -458,3 +458,37 @@ def test_cold_load_is_quick_and_warm_predictions_load_nothing(trained, monkeypat
     monkeypatch.setattr(bundle_mod, "load_bundle", boom)
     monkeypatch.setattr("safetensors.torch.load_file", boom)
     assert p.predict(demo_images(trained, 1)[0]).error is None
+
+
+def test_meta_with_quality_features_gets_the_images_own_measures(trained, tmp_path) -> None:
+    """The study fits the meta-classifier with quality.csv features: the predictor feeds it
+    the new image's measures (same names as quality.csv)."""
+    from skin_core.analysis.quality import compute_quality
+    from skin_core.data.tables import load_dataset
+    from skin_core.meta import evaluate_meta, save_predictor, wide_from_probs
+    from skin_core.models.bundle import build_bundle
+    from skin_core.predict import Predictor
+
+    ds = load_dataset(f"isic2019:{trained['demo']}")
+    quality = compute_quality(ds.table, workers=1)
+    oof = pd.read_csv(trained["run"] / "oof.csv", dtype={"image_id": str})
+    md = ds.table.copy()
+    md["lesion_id"] = md["lesion_id"].astype(object).where(md["lesion_id"].notna(),
+                                                           md["image_id"])
+    res = evaluate_meta(oof, md, classes=ds.classes, quality=quality, n_resamples=0,
+                        param_grid={"num_leaves": [7], "learning_rate": [0.1]})
+    assert res.predictor.feature_spec.quality_columns
+    save_predictor(res.predictor, tmp_path / "meta_q")
+    build_bundle(trained["run"], out=tmp_path / "b", meta=tmp_path / "meta_q", quality=quality)
+    pred = Predictor(tmp_path / "b", device="cpu")
+    img = demo_images(trained, 1)[0]
+    r = pred.predict(img, age=30, sex="male")
+    row = quality[quality["image_id"] == Path(img).stem].assign(image_id="x")
+    probs = {m: np.array([[r.members[m][c] for c in pred.classes]]) for m in ARCHS}
+    meta_md = pd.DataFrame({"image_id": ["x"], "age_approx": [30.0], "sex": ["male"],
+                            "anatom_site_general": [None]})
+    out = res.predictor.predict(wide_from_probs(["x"], probs, pred.classes), meta_md,
+                                quality=row)
+    np.testing.assert_allclose([r.meta_probs[c] for c in pred.classes],
+                               out[[f"prob_{c}" for c in pred.classes]].to_numpy()[0],
+                               atol=1e-9)
