@@ -219,7 +219,8 @@ def build_study(
 
     def bundle(ctx: StepContext) -> dict[str, Any]:
         return invoke(["bundle", "--run", str(ctx.path("run")), "--meta", str(ctx.path("meta")),
-                       "--quality", str(ctx.path("quality.csv")), "--out", str(bundle_out)])
+                       "--quality", str(ctx.path("quality.csv")), "--out", str(bundle_out),
+                       "--overwrite"])  # the step reruns only when its inputs changed
 
     def report(ctx: StepContext) -> dict[str, Any]:
         from skin_core.report import write_report
