@@ -131,10 +131,11 @@ whos = ["readers", "consensus"] + (["cnn"] if "cnn_pred" in images.columns else 
 cols = st.columns(len(whos))
 for col, who in zip(cols, whos, strict=True):
     tab = confusion_matrix(study, who=who, group=None if group == "all" else group)
-    col.plotly_chart(px.imshow(tab, text_auto=True, color_continuous_scale="Blues",
-                               title={"readers": "Readers (every reading)",
-                                      "consensus": "Reader consensus",
-                                      "cnn": "CNN ensemble"}[who]),
-                     width="stretch")
+    fig = px.imshow(tab, text_auto=True, color_continuous_scale="Blues",
+                    title={"readers": "Readers (every reading)", "consensus": "Reader consensus",
+                           "cnn": "CNN ensemble"}[who])
+    fig.update_layout(height=420, coloraxis_showscale=False,
+                      margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    col.plotly_chart(fig, width="stretch")
 for w in summary.get("warnings") or []:
     st.caption(f"Note: {w}")

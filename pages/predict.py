@@ -122,7 +122,8 @@ for up in uploads:
         qc[0].metric("Blur score", f"{q['blur_score']:.2f}",
                      help="0 = very blurry, 1 = sharp; below 0.5 is called blurry")
         pct = q.get("blur_percentile")
-        qc[1].metric("Sharper than", "–" if pct is None else f"{pct:.0f}% of training")
+        qc[1].metric("Sharper than", "–" if pct is None else f"{pct:.0f}%",
+                     help="Share of the training images this image is sharper than")
         curve = reference_curve(predictor.bundle.quality_reference)
         if not curve.empty:
             g = go.Figure(go.Scatter(x=curve["value"], y=curve["percentile"], mode="lines",

@@ -61,18 +61,22 @@ APP_STUDY_CONFIG = {
 
 
 @pytest.fixture(scope="session")
-def app_workspace(tmp_path_factory) -> Path:
+def app_workspace(tmp_path_factory, demo_dir) -> Path:
     """A workspace (``SKIN_CORE_HOME``) with a tiny real study and bundle for the app tests.
 
     ``data/demo`` (240 synthetic images, 96 px), ``studies/demo`` (the whole study with
     simulated readers) and ``models/demo`` (its bundle). About a minute on 2 CPU cores.
+
+    ``demo_dir`` is requested first on purpose: its generator forks worker processes, which
+    can deadlock once this fixture's in-process training has started torch / OpenCV threads.
+    This fixture's own generation uses one worker (no fork) for the same reason.
     """
     from skin_core.data.synthetic import generate_demo_dataset
     from skin_core.demo import demo_config
     from skin_core.study import run_study
 
     root = tmp_path_factory.mktemp("workspace")
-    generate_demo_dataset(root / "data" / "demo", n=240, seed=0, size=96)
+    generate_demo_dataset(root / "data" / "demo", n=240, seed=0, size=96, workers=1)
     cfg = demo_config(APP_STUDY_CONFIG)
     cfg["bundle"] = {"out": str(root / "models" / "demo")}
     run_study(f"isic2019:{root / 'data' / 'demo'}", root / "studies" / "demo", config=cfg)

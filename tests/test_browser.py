@@ -107,10 +107,16 @@ def page(app_url):
         browser.close()
 
 
-def _shot(pg, name: str) -> None:
+def _shot(pg, name: str, height: int = 2200) -> None:
+    """Screenshot of the whole page: Streamlit scrolls inside its own container, so the
+    viewport is made tall for the shot (and restored), after every image has decoded."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    pg.wait_for_timeout(300)  # let Plotly finish drawing
-    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    size = pg.viewport_size
+    pg.set_viewport_size({"width": size["width"], "height": height})
+    pg.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+    pg.wait_for_timeout(500)  # let Plotly redraw at the new size
+    pg.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    pg.set_viewport_size(size)
 
 
 def _running_done(pg) -> None:
@@ -141,6 +147,9 @@ def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, app_works
     page.get_by_text("Grad-CAM heatmap").first.wait_for()
     page.get_by_text("Image quality").first.wait_for()
     page.get_by_text("Blur score against the training distribution").first.wait_for()
+    page.wait_for_function(  # the original and the heatmap overlay are drawn
+        "() => Array.from(document.querySelectorAll('[data-testid=stImage] img'))"
+        ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
     perf["predict_visible_s"] = round(time.perf_counter() - t0, 2)
     assert perf["predict_visible_s"] < PREDICT_BUDGET_S * _load_factor()
     _running_done(page)
