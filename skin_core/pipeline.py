@@ -4,9 +4,9 @@ A :class:`Step` declares its name, the steps it depends on, the configuration it
 files it writes (relative to the study folder) and a function that writes them. The
 :class:`Pipeline` keeps ``steps.json`` in the study folder: for every finished step, a
 fingerprint of its configuration and of its upstream steps' fingerprints, the finish time and
-its outputs. A step is skipped when its fingerprint is unchanged and all its outputs exist, so
-an interrupted study resumes where it stopped; ``force`` redoes a step (and so everything
-downstream of it, whose upstream fingerprint changes).
+its outputs. A step is skipped when its fingerprint is unchanged, all its outputs exist and
+none of the steps it depends on was redone in this run, so an interrupted study resumes where
+it stopped; ``force`` redoes a step and everything downstream of it.
 
 Outputs are written by the steps through :mod:`skin_core.io` (temporary name, then rename), and
 a step is recorded as finished only after its function returned, so a killed step is redone.
@@ -135,6 +135,7 @@ class Pipeline:
         fingerprints: dict[str, str] = {}
         results: dict[str, Any] = {}
         outcomes: list[StepOutcome] = []
+        ran: set[str] = set()  # steps redone now: whatever depends on them is redone too
         total = sum(1 for s in self.steps if s.enabled)
         i = 0
         for step in self.steps:
@@ -146,7 +147,9 @@ class Pipeline:
             fingerprints[step.name] = fp
             record = manifest.get(step.name, {})
             have_outputs = all((self.root / o).exists() for o in step.outputs)
-            if step.name not in force and record.get("fingerprint") == fp and have_outputs:
+            upstream_ran = any(d in ran for d in step.depends_on)
+            if (step.name not in force and not upstream_ran
+                    and record.get("fingerprint") == fp and have_outputs):
                 results[step.name] = record.get("summary")
                 outcomes.append(StepOutcome(step.name, "skipped", 0.0, record.get("summary")))
                 say(f"[{i}/{total}] {step.name}: up to date")
@@ -169,6 +172,7 @@ class Pipeline:
             }
             # downstream records are invalidated by the fingerprint chain; save after each step
             atomic_write_json(self.manifest_path, manifest)
+            ran.add(step.name)
             outcomes.append(StepOutcome(step.name, "ran", seconds, summary))
             say(f"[{i}/{total}] {step.name}: done in {seconds:.1f} s")
         return outcomes

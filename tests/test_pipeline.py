@@ -49,8 +49,10 @@ def test_force_and_missing_output(tmp_path):
     assert calls[-1] == "b" and calls.count("a") == 1
     (tmp_path / "a.txt").unlink()
     Pipeline(tmp_path, _steps(calls)).run()
-    # a redone; b's upstream fingerprint is unchanged (same config) and its output exists
-    assert calls[-1] == "a" and calls.count("b") == 2
+    # a redone because its output is gone, so b (which reads it) is redone too
+    assert calls[-2:] == ["a", "b"] and calls.count("b") == 3
+    Pipeline(tmp_path, _steps(calls)).run(force=["a"])
+    assert calls[-2:] == ["a", "b"] and calls.count("a") == 3
     with pytest.raises(ConfigError, match="Unknown step"):
         Pipeline(tmp_path, _steps(calls)).run(force=["nope"])
 
