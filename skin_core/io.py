@@ -108,3 +108,29 @@ def atomic_write_with(target: str | os.PathLike[str], writer: Callable[[BinaryIO
             fh.flush()
             os.fsync(fh.fileno())
     return Path(target)
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], *, what: str = "Config file") -> dict[str, Any]:
+    """Read a YAML file that must hold a mapping (``yaml.safe_load``: no code runs).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not valid YAML, or does not hold a mapping.
+    """
+    import yaml
+
+    from skin_core.errors import ConfigError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} {p} does not exist; check the --config path (configs/ has "
+                          "examples).")
+    try:
+        doc = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {p} is not valid YAML ({exc}); fix its syntax.") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{what} {p} must hold a mapping of options; got "
+                          f"{type(doc).__name__}.")
+    return doc

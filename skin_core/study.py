@@ -35,7 +35,12 @@ import yaml
 
 from skin_core.cli import invoke
 from skin_core.errors import ConfigError
-from skin_core.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from skin_core.io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    read_yaml_mapping,
+)
 from skin_core.pipeline import Pipeline, Step, StepContext, StepOutcome
 
 #: Defaults of every section of a study configuration (YAML); a config file overrides them.
@@ -80,15 +85,7 @@ def load_study_config(path: str | os.PathLike[str] | None = None,
     cfg = copy.deepcopy(DEFAULT_CONFIG)
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"Study config {p} does not exist; see configs/ for examples.")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"Study config {p} is not valid YAML ({exc}).") from exc
-        if not isinstance(loaded, Mapping):
-            raise ConfigError(f"Study config {p} must be a mapping of sections; got "
-                              f"{type(loaded).__name__}.")
+        loaded = read_yaml_mapping(p, what="Study config")
         unknown = sorted(set(loaded) - set(DEFAULT_CONFIG))
         if unknown:
             raise ConfigError(f"Study config {p} has unknown section(s) {unknown}; known "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 from skin_core.errors import ConfigError
@@ -199,18 +198,9 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     A top-level ``dataset`` key is returned as ``{"dataset": ...}`` beside the options.
     """
-    import yaml
+    from skin_core.io import read_yaml_mapping
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Config file {p} does not exist; check the --config path.")
-    try:
-        doc = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {p} is not valid YAML ({exc}); fix its syntax.") from exc
-    if not isinstance(doc, dict):
-        raise ConfigError(f"Config file {p} must hold a mapping of options; got "
-                          f"{type(doc).__name__}.")
+    doc = read_yaml_mapping(path, what="Config file")
     out = dict(doc.get("train", {k: v for k, v in doc.items() if k != "dataset"}))
     if "dataset" in doc:
         out["dataset"] = doc["dataset"]
