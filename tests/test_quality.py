@@ -22,6 +22,7 @@ from skin_core.analysis.quality import (
     cliffs_delta,
     compare_quality,
     compute_quality,
+    measure_images,
     measure_quality,
     percentile_of,
     quality_reference,
@@ -288,6 +289,32 @@ def test_compute_quality_same_result_in_a_process_pool(tmp_path):
     one = measure_quality(read_grey(paths[3]))
     for m in ("laplacian_var_full", "wavelet_ratio", "fft_hf_ratio", "blur_score"):
         assert serial.loc[3, m] == pytest.approx(one[m])
+
+
+def test_write_csv_is_byte_identical_to_pandas_and_needs_no_pandas(tmp_path):
+    """The command line's pandas-free CSV writer = DataFrame.to_csv, error rows included."""
+    import subprocess
+    import sys
+
+    files = _bad_files(tmp_path)
+    paths = [*files.values(), save_jpeg(tmp_path / "sharp.jpg", texture(seed=3))]
+    measured = measure_images(paths, workers=1)
+    measured.write_csv(tmp_path / "fast.csv")
+    measured.to_frame().to_csv(tmp_path / "pandas.csv", index=False)
+    assert (tmp_path / "fast.csv").read_text() == (tmp_path / "pandas.csv").read_text()
+    back = pd.read_csv(tmp_path / "fast.csv", keep_default_na=False)
+    assert back.loc[back["image_id"] == "truncated", "is_blurry"].item() == ""
+    pd.testing.assert_frame_equal(compute_quality(paths, workers=1), measured.to_frame())
+    # `skin-core quality --images` never imports pandas (a third of its start-up time)
+    code = ("import sys; from skin_core.cli import main; "
+            f"main(['quality', '--images', {str(tmp_path)!r}, '--out', "
+            f"{str(tmp_path / 'cli.csv')!r}, '--workers', '1', '--json']); "
+            "print('PANDAS', 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "PANDAS False" in out
+    measure_images(tmp_path, workers=1).write_csv(tmp_path / "folder.csv")
+    assert (tmp_path / "cli.csv").read_text() == (tmp_path / "folder.csv").read_text()
 
 
 @pytest.mark.timeout(120)

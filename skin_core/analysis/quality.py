@@ -68,13 +68,13 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from skin_core.analysis.records import TestResult
 from skin_core.constants import (
@@ -87,6 +87,9 @@ from skin_core.constants import (
 )
 from skin_core.data.images import read_image
 from skin_core.errors import ConfigError, DataError, SkinCoreError
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: `skin-core quality --images`
+    import pandas as pd  # measures and writes its CSV without it (a third of its start-up)
 
 #: Default long side (pixels) of the resolution-normalised grey image.
 LONG_SIDE = 256
@@ -361,7 +364,8 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
 def _as_items(paths_or_table: Any) -> tuple[list[str], list[str]]:
     """``(image_ids, paths)`` from a Dataset, a DataFrame with ``path``, or a list of paths."""
     table = getattr(paths_or_table, "table", paths_or_table)
-    if isinstance(table, pd.DataFrame):
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    if pandas is not None and isinstance(table, pandas.DataFrame):
         if "path" not in table.columns:
             raise DataError(
                 "compute_quality needs a table with a 'path' column (and ideally 'image_id'); "
@@ -555,6 +559,85 @@ def run_chunked(fn: Any, paths: Sequence[str], extra: tuple, *, workers: int | N
     return [out[s] for s in starts]
 
 
+@dataclass(frozen=True)
+class MeasuredImages:
+    """What :func:`measure_images` returns: measures of every image, in input order.
+
+    Attributes
+    ----------
+    image_ids:
+        One id per image.
+    values:
+        ``(N, len(MEASURES) + 1)`` float64: every measure in :data:`MEASURES` order, then
+        ``blur_score``; NaN where the image could not be measured.
+    errors:
+        ``""`` for a measured image, else the reason (one sentence).
+    """
+
+    image_ids: list[str]
+    values: np.ndarray
+    errors: list[str]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The ``quality.csv`` table (columns :data:`QUALITY_COLUMNS`)."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.values, columns=[*MEASURES, "blur_score"])
+        df.insert(0, IMAGE_ID, self.image_ids)
+        for col in ("width", "height"):
+            df[col] = df[col].round().astype("Int64")
+        is_blurry = pd.array(df["blur_score"] < BLURRY_THRESHOLD, dtype="boolean")
+        is_blurry[df["blur_score"].isna().to_numpy()] = pd.NA
+        df["is_blurry"] = is_blurry
+        df["error"] = list(self.errors)
+        return df[list(QUALITY_COLUMNS)]
+
+    def write_csv(self, target: str | os.PathLike[str]) -> Path:
+        """Write ``quality.csv`` atomically without pandas, exactly as ``to_frame().to_csv``.
+
+        Floats are written as Python's shortest round-trip ``repr`` (as pandas does), sizes
+        as integers, ``is_blurry`` as ``True``/``False``, and missing values as empty fields.
+        """
+        import csv
+
+        from skin_core.io import atomic_path
+
+        def num(x: float) -> str:
+            return "" if math.isnan(x) else repr(x)
+
+        with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(QUALITY_COLUMNS)
+            score_col = len(MEASURES)
+            for image_id, row, err in zip(self.image_ids, self.values.tolist(), self.errors,
+                                          strict=True):
+                sizes = ["" if math.isnan(v) else str(round(v)) for v in row[:2]]
+                score = row[score_col]
+                blurry = "" if math.isnan(score) else str(score < BLURRY_THRESHOLD)
+                w.writerow([image_id, *sizes, *map(num, row[2:]), blurry, err])
+        return Path(target)
+
+
+def measure_images(
+    paths_or_table: Any,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    long_side: int = LONG_SIDE,
+) -> MeasuredImages:
+    """Measure every image (see :func:`compute_quality`) without building a DataFrame.
+
+    The command line uses this with :meth:`MeasuredImages.write_csv`, so measuring a folder
+    never imports pandas; :func:`compute_quality` is ``measure_images(...).to_frame()``.
+    """
+    long_side = _check_long_side(long_side)
+    ids, paths = _as_items(paths_or_table)
+    chunks = run_chunked(_measure_chunk, paths, (long_side,), workers=workers,
+                         progress=progress, desc="quality")
+    return MeasuredImages(image_ids=ids, values=np.vstack([c[0] for c in chunks]),
+                          errors=[e for c in chunks for e in c[1]])
+
+
 def compute_quality(
     paths_or_table: Any,
     *,
@@ -564,7 +647,7 @@ def compute_quality(
 ) -> pd.DataFrame:
     """Measure every image: one row per image, in input order, none dropped.
 
-    Each file is decoded once with :func:`~skin_core.data.images.read_image` and measured by
+    Each file is decoded once (:func:`read_grey`) and measured by the same code as
     :func:`measure_quality`, in a process pool.
 
     Parameters
@@ -593,20 +676,8 @@ def compute_quality(
     ConfigError
         ``workers < 1`` or a bad ``long_side``.
     """
-    long_side = _check_long_side(long_side)
-    ids, paths = _as_items(paths_or_table)
-    chunks = run_chunked(_measure_chunk, paths, (long_side,), workers=workers,
-                         progress=progress, desc="quality")
-    values = np.vstack([c[0] for c in chunks])
-    df = pd.DataFrame(values, columns=[*MEASURES, "blur_score"])
-    df.insert(0, IMAGE_ID, ids)
-    for col in ("width", "height"):
-        df[col] = df[col].round().astype("Int64")
-    is_blurry = pd.array(df["blur_score"] < BLURRY_THRESHOLD, dtype="boolean")
-    is_blurry[df["blur_score"].isna().to_numpy()] = pd.NA
-    df["is_blurry"] = is_blurry
-    df["error"] = [e for c in chunks for e in c[1]]
-    return df[list(QUALITY_COLUMNS)]
+    return measure_images(paths_or_table, workers=workers, progress=progress,
+                          long_side=long_side).to_frame()
 
 
 # --------------------------------------------------------------------------------------------
@@ -636,6 +707,8 @@ def quality_reference(
         ``{"n_images": N, "measures": {measure: {"n": n, "levels": [...percent...],
         "quantiles": [...]}}}``, for :func:`percentile_of`.
     """
+    import pandas as pd
+
     if n_quantiles < 2:
         raise ConfigError(f"The 'n_quantiles' parameter must be >= 2; got {n_quantiles}.")
     measures = _pick_measures(quality, measures, "quality_reference")
@@ -836,6 +909,7 @@ def compare_quality(
     DataError
         Missing columns, or fewer than 2 measured images in either group.
     """
+    import pandas as pd
     from scipy.stats import mannwhitneyu
     from statsmodels.stats.multitest import multipletests
 
@@ -945,6 +1019,7 @@ def _logistic_difficulty(merged: pd.DataFrame, is_diff: np.ndarray, measures: li
                          confidence: float) -> dict[str, Any]:
     import warnings
 
+    import pandas as pd
     import statsmodels.api as sm
 
     out: dict[str, Any] = {

@@ -38,13 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from skin_core.analysis.quality import (
+        BLURRY_THRESHOLD,
         LONG_SIDE,
-        compute_quality,
         list_image_files,
-        quality_reference,
+        measure_images,
     )
-    from skin_core.io import atomic_write_csv, atomic_write_json
 
     if args.dataset:
         from skin_core.data.tables import load_dataset
@@ -56,23 +57,28 @@ def _run(args: argparse.Namespace) -> int:
             raise DataError(f"Dataset {args.dataset} has no images; check the spec.")
     else:
         source = list_image_files(args.images)
-    df = compute_quality(source, workers=args.workers, long_side=args.long_side or LONG_SIDE,
-                         progress=sys.stderr.isatty() or not args.json)
-    atomic_write_csv(args.out, df)
-    n_errors = int((df["error"] != "").sum())
-    n_blurry = int(df["is_blurry"].fillna(False).sum())
-    result = {"n_images": len(df), "n_blurry": n_blurry, "n_errors": n_errors,
+    # measured and written without pandas: a folder of images never imports it
+    measured = measure_images(source, workers=args.workers,
+                              long_side=args.long_side or LONG_SIDE,
+                              progress=sys.stderr.isatty() or not args.json)
+    measured.write_csv(args.out)
+    errors = [e for e in measured.errors if e]
+    n_images, n_errors = len(measured.image_ids), len(errors)
+    scores = measured.values[:, -1]
+    n_blurry = int((scores[~np.isnan(scores)] < BLURRY_THRESHOLD).sum())
+    result = {"n_images": n_images, "n_blurry": n_blurry, "n_errors": n_errors,
               "out": str(args.out)}
-    if args.reference:
-        if n_errors < len(df):
-            atomic_write_json(args.reference, quality_reference(df))
-            result["reference"] = str(args.reference)
+    if args.reference and n_errors < n_images:
+        from skin_core.analysis.quality import quality_reference
+        from skin_core.io import atomic_write_json
+
+        atomic_write_json(args.reference, quality_reference(measured.to_frame()))
+        result["reference"] = str(args.reference)
     if args.json:
         print_json(result)
         return 0
-    print(f"Measured {len(df)} images: {n_blurry} blurry (blur_score < 0.5), {n_errors} "
+    print(f"Measured {n_images} images: {n_blurry} blurry (blur_score < 0.5), {n_errors} "
           f"unreadable; wrote {args.out}.")
     if n_errors:
-        first = df.loc[df["error"] != "", "error"].iloc[0]
-        print(f"First error: {first}", file=sys.stderr)
+        print(f"First error: {errors[0]}", file=sys.stderr)
     return 0
