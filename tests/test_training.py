@@ -181,6 +181,45 @@ def test_each_arch_trains_at_its_own_size(tiny, tmp_path: Path) -> None:
                 "test_efficientnet": 8}))
 
 
+def test_resume_can_add_an_architecture_with_its_own_weights(tiny, tmp_path: Path) -> None:
+    """Extending a finished run trains only the new arch; old members stay byte-identical."""
+    import hashlib
+
+    import timm
+    import yaml
+    from safetensors.torch import save_file
+
+    run = tmp_path / "run"
+    train_run(tiny, out=run, config=tiny_config(tmp_path, epochs=1))
+    old = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in (run / "members" / "test_resnet").iterdir()}
+    weights = tmp_path / "eff.safetensors"
+    save_file(timm.create_model("test_efficientnet", pretrained=False).state_dict(), weights)
+    cfg = tiny_config(tmp_path, epochs=1, archs=("test_resnet", "test_efficientnet"),
+                      pretrained={"test_efficientnet": str(weights)})
+    assert cfg.pretrained_for("test_resnet") == "none"
+    assert cfg.pretrained_for("test_efficientnet") == str(weights)
+    res = train_run(tiny, out=run, config=cfg, resume=True)
+    assert set(res.metrics) == {"test_resnet", "test_efficientnet"}
+    assert old == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                   for p in (run / "members" / "test_resnet").iterdir()}
+    side = json.loads((run / "members" / "test_efficientnet" / "fold0.json").read_text())
+    assert side["pretrained"] == str(weights)
+    doc = yaml.safe_load((run / "config.yaml").read_text())
+    assert doc["models"] == ["test_resnet", "test_efficientnet"]
+    assert doc["extended"][0]["archs"] == ["test_efficientnet"]
+    oof = pd.read_csv(run / "oof.csv")
+    assert oof.groupby("model").size().to_dict() == {"test_efficientnet": 48, "test_resnet": 48}
+    # dropping an arch, or changing a trained arch's weights, is refused
+    with pytest.raises(ConfigError, match="can only add architectures"):
+        train_run(tiny, out=run, config=tiny_config(tmp_path, epochs=1,
+                                                     archs=("test_efficientnet",)), resume=True)
+    with pytest.raises(ConfigError, match="trained test_resnet with pretrained 'none'"):
+        train_run(tiny, out=run, config=cfg.replace(pretrained=str(weights)), resume=True)
+    with pytest.raises(ConfigError, match="'pretrained' training option must be keyed"):
+        config_from_dict({"archs": ["test_resnet"], "pretrained": {"resnet50": "hub"}})
+
+
 # ----------------------------------------------------------------------------- bad input
 
 

@@ -41,7 +41,9 @@ class TrainConfig:
         accuracy (0 = never stop early).
     seeds: training seeds; several seeds give members ``arch@s<seed>``.
     seed: seed of the folds (when no folds file is given).
-    pretrained: ``"none"``, ``"hub"`` or a weights file path.
+    pretrained: ``"none"``, ``"hub"`` or a weights file path, for every architecture; or a
+        mapping ``{arch: spec}`` (with an optional ``default`` entry, else ``"none"``) when each
+        architecture starts from its own weights file.
     device: ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda"`` or ``"mps"``.
     amp: mixed precision on CUDA (ignored elsewhere).
     channels_last: model and batches in channels-last (NHWC) memory layout, on every device
@@ -72,7 +74,7 @@ class TrainConfig:
     patience: int = 5
     seeds: tuple[int, ...] = (0,)
     seed: int = 0
-    pretrained: str = "none"
+    pretrained: str | dict[str, str] = "none"
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
@@ -104,6 +106,12 @@ class TrainConfig:
     def size_for(self, arch: str) -> int:
         """The input side for ``arch``: its ``img_sizes`` entry, else ``img_size``."""
         return int(self.img_sizes.get(arch, self.img_size))
+
+    def pretrained_for(self, arch: str) -> str:
+        """The starting weights of ``arch``: ``"none"``, ``"hub"`` or a weights file path."""
+        if isinstance(self.pretrained, dict):
+            return str(self.pretrained.get(arch, self.pretrained.get("default", "none")))
+        return str(self.pretrained)
 
     @property
     def multi_seed(self) -> bool:
@@ -141,6 +149,17 @@ def validate_config(c: TrainConfig) -> None:
     stray = sorted(set(c.img_sizes) - set(c.archs))
     if stray:
         _fail("img_sizes", f"keyed by architectures of this run {list(c.archs)}", stray)
+    if isinstance(c.pretrained, dict):
+        if not all(isinstance(v, str) and v for v in c.pretrained.values()):
+            _fail("pretrained", "a mapping of architecture -> 'none', 'hub' or a weights file",
+                  c.pretrained)
+        stray = sorted(set(c.pretrained) - set(c.archs) - {"default"})
+        if stray:
+            _fail("pretrained", f"keyed by architectures of this run {list(c.archs)} (or "
+                  "'default')", stray)
+    elif not isinstance(c.pretrained, str) or not c.pretrained:
+        _fail("pretrained", "'none', 'hub', a weights file path or a mapping arch -> one of "
+              "those", c.pretrained)
     if not isinstance(c.batch_size, int) or c.batch_size < 2:
         _fail("batch_size", "an integer >= 2", c.batch_size)
     if not (isinstance(c.lr, (int, float)) and c.lr > 0):
@@ -188,7 +207,8 @@ def config_from_dict(d: dict[str, Any], *, base: TrainConfig | None = None) -> T
         if k == "img_sizes":
             value = dict(value or {})
         if k == "pretrained" and value is not None:
-            value = str(value)
+            value = ({str(a): str(v) for a, v in value.items()} if isinstance(value, dict)
+                     else str(value))
         clean[k] = value
     return replace(base or TrainConfig(), **clean)
 

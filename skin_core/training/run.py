@@ -28,7 +28,7 @@ import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import pandas as pd
 
 from skin_core.constants import FOLD, IMAGE_ID, LABEL, PATH, prob_columns
 from skin_core.errors import ConfigError, DataError, SkinCoreError
-from skin_core.training.config import TrainConfig, model_ids
+from skin_core.training.config import TrainConfig, config_from_dict, model_ids
 from skin_core.training.engine import CANCEL_FILE, FoldJob, TrainingCancelled, fold_finished
 
 STATES: tuple[str, ...] = ("queued", "running", "finished", "failed", "cancelled")
@@ -193,10 +193,12 @@ def _check_archs(config: TrainConfig) -> None:
                 f"Image size {size} px is too small for {arch!r}, which down-samples "
                 f"by {stride}; use --img-size {stride} or larger."
             )
-    p = config.pretrained
-    if p not in ("none", "hub") and not Path(p).is_file():
-        raise ConfigError(f"Weights file {p} does not exist; pass --pretrained none, hub or the "
-                          "path of a .safetensors / .pth state dict.")
+    for arch in config.archs:
+        p = config.pretrained_for(arch)
+        if p not in ("none", "hub") and not Path(p).is_file():
+            raise ConfigError(
+                f"Weights file {p} (pretrained start of {arch}) does not exist; pass "
+                "--pretrained none, hub or the path of a .safetensors / .pth state dict.")
 
 
 def _run_doc(dataset: Any, config: TrainConfig, fingerprint: str) -> dict[str, Any]:
@@ -212,7 +214,13 @@ def _run_doc(dataset: Any, config: TrainConfig, fingerprint: str) -> dict[str, A
     }
 
 
-def _check_resume_compatible(run_dir: Path, doc: dict[str, Any]) -> None:
+def _check_resume_compatible(run_dir: Path, doc: dict[str, Any]) -> list[str]:
+    """Refuse to resume ``run_dir`` with other data or options; return the added archs.
+
+    A run may be extended with more architectures (``--resume`` with a longer ``archs``
+    list): the members already trained are kept when their own options (input size, starting
+    weights) are unchanged, and only the new architectures are trained.
+    """
     import yaml
 
     p = run_dir / "config.yaml"
@@ -229,14 +237,39 @@ def _check_resume_compatible(run_dir: Path, doc: dict[str, Any]) -> None:
             f"is {doc['dataset']['fingerprint'][:12]}...; resume with the same dataset or start "
             "a new run directory."
         )
-    keys = ("folds", "epochs", "img_size", "batch_size", "lr", "seeds", "archs", "pretrained")
     old_train = old.get("train") or {}
-    for key in keys:
-        if key in old_train and old_train[key] != doc["train"][key]:
+    new_train = doc["train"]
+    for key in ("folds", "epochs", "batch_size", "lr", "seeds"):
+        if key in old_train and old_train[key] != new_train[key]:
             raise ConfigError(
                 f"{p} has {key}={old_train[key]!r} but this command asks for "
-                f"{doc['train'][key]!r}; resume with the original options (or --config {p})."
+                f"{new_train[key]!r}; resume with the original options (or --config {p})."
             )
+    old_archs = list(old_train.get("archs") or [])
+    new_archs = list(new_train["archs"])
+    dropped = [a for a in old_archs if a not in new_archs]
+    if dropped:
+        raise ConfigError(
+            f"{p} trains {old_archs} but this command leaves out {dropped}; a resumed run can "
+            "only add architectures (start a new run directory to drop some)."
+        )
+    try:
+        before = config_from_dict(
+            {k: v for k, v in old_train.items() if k in {f.name for f in fields(TrainConfig)}})
+    except ConfigError as exc:
+        raise ConfigError(f"{p} holds training options this version cannot read ({exc}); "
+                          "start a new run directory.") from exc
+    after = config_from_dict(new_train)
+    for arch in old_archs:
+        for what, a, b in (("input size", before.size_for(arch), after.size_for(arch)),
+                           ("pretrained", before.pretrained_for(arch),
+                            after.pretrained_for(arch))):
+            if a != b:
+                raise ConfigError(
+                    f"{p} trained {arch} with {what} {a!r} but this command asks for {b!r}; "
+                    f"resume with the original options (or --config {p})."
+                )
+    return [a for a in new_archs if a not in old_archs]
 
 
 def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
@@ -259,6 +292,7 @@ def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
         rows = arch_cache.rows(ids)
         cfg = config.to_dict()
         cfg["img_size"] = size
+        cfg["pretrained"] = config.pretrained_for(arch)
         for k in range(config.folds):
             tr, va = fold_of != k, fold_of == k
             jobs.append(FoldJob(
@@ -382,6 +416,7 @@ def train_run(
 
         dataset = load_dataset(dataset)
     run_dir = Path(out)
+    added: list[str] = []
     _check_archs(config)
     _check_classes(dataset, config.folds)
     fingerprint = dataset_fingerprint(dataset)
@@ -392,7 +427,7 @@ def train_run(
                 f"Run directory {run_dir} already holds a run; pass --resume to continue it or "
                 "choose a new --out."
             )
-        _check_resume_compatible(run_dir, doc)
+        added = _check_resume_compatible(run_dir, doc)
     elif resume and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} has no config.yaml, so there is no run to resume; start "
                           "without --resume or choose another --out.")
@@ -401,7 +436,11 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CANCEL_FILE).unlink(missing_ok=True)
     try:
-        if not (run_dir / "config.yaml").is_file():
+        if added:  # the run grows: config.yaml lists every member from now on
+            old = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+            doc["created"] = old.get("created", doc["created"])
+            doc["extended"] = [*old.get("extended", []), {"time": _now(), "archs": added}]
+        if added or not (run_dir / "config.yaml").is_file():
             atomic_write_text(run_dir / "config.yaml",
                               yaml.safe_dump(json.loads(to_json(doc)), sort_keys=False))
         write_folds(series, run_dir / "folds.csv")
