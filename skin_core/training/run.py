@@ -182,7 +182,7 @@ def _validate_frame_folds(df: pd.DataFrame, dataset: Any) -> pd.Series:
 def _check_archs(config: TrainConfig) -> None:
     import timm
 
-    from skin_core.models.registry import check_arch, network_stride
+    from skin_core.models.registry import check_arch, network_stride, resolve_pretrained
 
     for arch in config.archs:
         check_arch(arch)
@@ -194,7 +194,7 @@ def _check_archs(config: TrainConfig) -> None:
                 f"by {stride}; use --img-size {stride} or larger."
             )
     for arch in config.archs:
-        p = config.pretrained_for(arch)
+        p = resolve_pretrained(config.pretrained_for(arch))
         if p not in ("none", "hub") and not Path(p).is_file():
             raise ConfigError(
                 f"Weights file {p} (pretrained start of {arch}) does not exist; pass "
@@ -264,12 +264,23 @@ def _check_resume_compatible(run_dir: Path, doc: dict[str, Any]) -> list[str]:
         for what, a, b in (("input size", before.size_for(arch), after.size_for(arch)),
                            ("pretrained", before.pretrained_for(arch),
                             after.pretrained_for(arch))):
-            if a != b:
+            if a != b and not (what == "pretrained" and _same_file(a, b)):
                 raise ConfigError(
                     f"{p} trained {arch} with {what} {a!r} but this command asks for {b!r}; "
                     f"resume with the original options (or --config {p})."
                 )
     return [a for a in new_archs if a not in old_archs]
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Two ``pretrained`` specs naming one weights file (e.g. a path and its ``pkg:`` name)."""
+    from skin_core.models.registry import resolve_pretrained
+
+    try:
+        pa, pb = Path(resolve_pretrained(a)), Path(resolve_pretrained(b))
+        return pa.is_file() and pb.is_file() and pa.resolve() == pb.resolve()
+    except (ConfigError, OSError):
+        return False
 
 
 def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
