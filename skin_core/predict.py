@@ -613,7 +613,6 @@ class Predictor:
         if not good:
             return out  # type: ignore[return-value]
         batch = [items[i] for i in good]
-        ids = [f"{j}:{it.image_id}" for j, it in enumerate(batch)]
         k = len(self.classes)
         ens = np.mean([per_model[m] for m in self.models], axis=0)
         metas, warns = [], []
@@ -642,18 +641,17 @@ class Predictor:
             if not mask.any():
                 continue
             idx = np.flatnonzero(mask)
-            res = self._run_meta(pred, [ids[j] for j in idx],
-                                 {m: per_model[m][idx] for m in per_model},
+            res = self._run_meta(pred, {m: per_model[m][idx] for m in per_model},
                                  [metas[j] for j in idx], [batch[j] for j in idx])
-            meta_probs[idx] = res[prob_columns(self.classes)].to_numpy(dtype=float)
-            for j, s in zip(idx, res["pred_set"], strict=True):
-                meta_sets[j] = tuple(str(s).split("|")) if s else ()
+            meta_probs[idx] = res.probs
+            for j, s in zip(idx, res.sets, strict=True):
+                meta_sets[j] = tuple(s.split("|")) if s else ()
                 meta_source[j] = ("metadata_missing" if src_name == "with_metadata"
                                   and pred.feature_spec.metadata and not has_md[j]
                                   else src_name)
-            if "referral_prob" in res.columns and pred.referral is not None:
-                risk[idx] = res["referral_prob"].to_numpy(dtype=float)
-                refer_model[idx] = res["refer"].to_numpy(dtype=bool)
+            if res.referral_prob is not None and pred.referral is not None:
+                risk[idx] = res.referral_prob
+                refer_model[idx] = res.refer
                 ref_threshold = float(pred.referral.threshold)
         from skin_core.models.bundle import ensemble_entropy
 
@@ -723,33 +721,21 @@ class Predictor:
             )
         return out  # type: ignore[return-value]
 
-    def _run_meta(self, pred: Any, ids: list[str], probs: dict[str, np.ndarray],
+    def _run_meta(self, pred: Any, probs: dict[str, np.ndarray],
                   metas: list[dict[str, Any]], items: list[_Prepared]) -> Any:
-        import pandas as pd
-
-        from skin_core.constants import FOLD, LABEL
-        from skin_core.meta.features import WideOOF, wide_columns
-
-        # What skin_core.meta.wide_from_probs builds, in one DataFrame construction (its
-        # column-by-column inserts cost more than LightGBM itself for one image).
-        models = tuple(sorted(pred.feature_spec.models))
-        cols: dict[str, Any] = {LABEL: [self.classes[0]] * len(ids), FOLD: [-1] * len(ids)}
-        for m in models:
-            for k, wc in enumerate(wide_columns(m, self.classes)):
-                cols[wc] = np.asarray(probs[m][:, k], dtype=float)
-        wide = WideOOF(table=pd.DataFrame(cols, index=pd.Index(ids, name=IMAGE_ID)),
-                       models=models, classes=self.classes)
-        md = pd.DataFrame({
-            IMAGE_ID: ids,
-            AGE: [np.nan if m[AGE] is None else m[AGE] for m in metas],
-            SEX: pd.Series([m[SEX] for m in metas], dtype=object),
-            SITE: pd.Series([m[SITE] for m in metas], dtype=object),
-        })
-        quality = None
-        if pred.feature_spec.quality_columns:
-            quality = pd.DataFrame([{IMAGE_ID: i, **it.quality} for i, it in
-                                    zip(ids, items, strict=True)])
-        return pred.predict(wide, md if pred.feature_spec.metadata else None, quality=quality)
+        """The meta package's NumPy fast path (:meth:`MetaPredictor.predict_arrays`): the
+        same numbers as its DataFrame path, without building DataFrames per batch."""
+        spec = pred.feature_spec
+        age = sex = site = quality = None
+        if spec.metadata:
+            age = np.array([np.nan if m[AGE] is None else m[AGE] for m in metas], dtype=float)
+            sex = [m[SEX] for m in metas]
+            site = [m[SITE] for m in metas]
+        if spec.quality_columns:
+            # as a table of the items' measures: NaN where an item lacks one
+            quality = {c: [it.quality.get(c) for it in items] for c in spec.quality_columns
+                       if any(c in it.quality for it in items)}
+        return pred.predict_arrays(probs, age=age, sex=sex, site=site, quality=quality)
 
     def _quality_record(self, q: dict[str, float]) -> dict[str, Any]:
         from skin_core.analysis.quality import percentile_of

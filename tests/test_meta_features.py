@@ -11,8 +11,12 @@ import pytest
 from skin_core.constants import prob_columns
 from skin_core.errors import DataError
 from skin_core.meta.features import (
+    CATEGORIES,
     MetaFeatureWarning,
+    build_feature_array,
     build_features,
+    category_codes,
+    ensemble_feature_arrays,
     feature_name,
     oof_to_wide,
     wide_from_probs,
@@ -170,3 +174,83 @@ def test_pandas_string_dtype_with_missing_values(tiny):
     assert X.loc["SYN_0000000", "sex"] == "unknown"
     assert X.loc["SYN_0000000", "anatom_site_general"] == "unknown"
     assert spec.unknown_values == {}
+
+
+# --------------------------------------------------------------------------------------------
+# prediction-time fast path: build_feature_array == build_features
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"use_logits": True},
+    {"include_mean": False},
+    {"include_metadata": False},
+    {"with_quality": True},
+])
+def test_feature_array_equals_build_features(tiny, options):
+    oof, meta = tiny
+    meta = meta.copy()
+    meta.loc[0, "age_approx"] = np.nan
+    meta.loc[1, ["sex", "anatom_site_general"]] = [None, " Head/Neck"]
+    meta.loc[2, ["sex", "anatom_site_general"]] = ["", "unknown"]
+    options = dict(options)
+    q = None
+    if options.pop("with_quality", False):
+        q = pd.DataFrame({"image_id": meta["image_id"], "blur_score": np.linspace(0, 2, 60),
+                          "is_blurry": [True, False, None] * 20})
+    X, spec = build_features(oof, meta, quality=q, **options)
+    wide = oof_to_wide(oof)
+    probs = {m: wide.probs(m) for m in wide.models}
+    md = meta.set_index("image_id").loc[wide.table.index]
+    quality = None
+    if q is not None:
+        quality = {c: q.set_index("image_id").loc[wide.table.index, c].to_numpy()
+                   for c in ("blur_score", "is_blurry")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN among strings is missing, not the value "nan"
+        A = build_feature_array(spec, probs, age=md["age_approx"].to_numpy(),
+                                sex=list(md["sex"]), site=list(md["anatom_site_general"]),
+                                quality=quality)
+    expected = X.copy()
+    for c in ("sex", "anatom_site_general"):
+        if c in expected:
+            expected[c] = expected[c].cat.codes.astype(float)
+    assert A.shape == X.shape and A.dtype == np.float64
+    np.testing.assert_array_equal(A, expected.to_numpy(dtype=float))
+
+
+def test_category_codes_normalise_like_build_features():
+    codes, unknown = category_codes(["male", " FEMALE ", None, np.nan, "", "unknown", "robot", 3],
+                                    "sex")
+    np.testing.assert_array_equal(codes, [0, 1, 2, 2, 2, 2, 2, 2])
+    assert unknown == ["3", "robot"]
+    codes, unknown = category_codes(["Posterior Torso", "left elbow"], "anatom_site_general")
+    assert codes[0] == list(CATEGORIES["anatom_site_general"]).index("posterior torso")
+    assert codes[1] == len(CATEGORIES["anatom_site_general"]) - 1 and unknown == ["left elbow"]
+
+
+def test_feature_array_warns_about_values_outside_the_vocabulary(tiny):
+    oof, meta = tiny
+    _, spec = build_features(oof, meta)
+    wide = oof_to_wide(oof)
+    probs = {m: wide.probs(m)[:2] for m in wide.models}
+    with pytest.warns(MetaFeatureWarning, match=r"upload\.csv.*anatom_site_general.*elbow"):
+        A = build_feature_array(spec, probs, age=[1, 2], sex=None, site=["elbow", None],
+                                source="upload.csv")
+    assert np.isnan(A[:, spec.columns.index("age_approx")]).sum() == 0
+    assert (A[:, spec.columns.index("sex")] == 2).all()  # missing -> unknown
+
+
+def test_ensemble_feature_arrays_equal_referral_features():
+    from skin_core.meta.referral import ENSEMBLE_FEATURES, ensemble_features
+
+    rng = np.random.default_rng(5)
+    for m in (1, 3):
+        stacked = rng.dirichlet(np.full(4, 0.5), (m, 200))
+        frame = ensemble_features(stacked, ("A", "B", "C", "D"))
+        arrays = ensemble_feature_arrays(stacked)
+        assert tuple(arrays) == ENSEMBLE_FEATURES
+        assert set(frame["ens_pred"]) == {"A", "B", "C", "D"}
+        for name in ENSEMBLE_FEATURES:
+            want = (frame[name].cat.codes if name == "ens_pred" else frame[name]).to_numpy(float)
+            np.testing.assert_array_equal(arrays[name], want, err_msg=name)

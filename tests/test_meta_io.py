@@ -1,17 +1,28 @@
-"""Tests of skin_core.meta.io: pickle-free save/load that predicts identically."""
+"""Tests of skin_core.meta.io: pickle-free save/load that predicts identically, and the NumPy
+fast path that gives the DataFrame path's numbers."""
 
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from skin_core.errors import DataError
+from skin_core.meta.calibration import Calibrator
+from skin_core.meta.classifier import MetaClassifier
+from skin_core.meta.conformal import ConformalThresholds
 from skin_core.meta.evaluate import evaluate_meta
-from skin_core.meta.features import oof_to_wide, wide_from_probs
-from skin_core.meta.io import load_predictor, save_predictor
+from skin_core.meta.features import (
+    MetaFeatureWarning,
+    build_features,
+    oof_to_wide,
+    wide_from_probs,
+)
+from skin_core.meta.io import MetaPredictor, ReferralSpec, load_predictor, save_predictor
+from skin_core.meta.referral import difficulty_target, referral_features
 from skin_core.meta.synthetic import make_synthetic_oof
 
 GRID = {"num_leaves": (7,), "learning_rate": (0.2,)}
@@ -70,3 +81,136 @@ def test_changed_model_file_is_refused(fitted, tmp_path):
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist; run `skin-core meta`"):
         load_predictor(tmp_path / "nope")
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy fast path (predict_arrays) == DataFrame path (predict)
+
+
+def _random_rows(n: int, classes, models, seed: int):
+    """Probabilities whose ensemble's top class runs through every class, and metadata with
+    every kind of value: missing (None, NaN, empty), mixed case, out of vocabulary."""
+    rng = np.random.default_rng(seed)
+    k = len(classes)
+    top = np.arange(n) % k
+    probs = {}
+    for m in models:
+        p = rng.dirichlet(np.full(k, 0.4), n)
+        p[np.arange(n), top] += rng.uniform(0.0, 1.5, n)  # mostly, not always, the top class
+        probs[m] = p / p.sum(axis=1, keepdims=True)
+    age = rng.choice(np.array([np.nan, 0.0, 15.0, 42.5, 70.0, 95.0, 120.0]), n)
+    sex = rng.choice(np.array(["male", "female", " Female", "unknown", "", "other", None,
+                               np.nan], dtype=object), n)
+    site = rng.choice(np.array(["head/neck", "Posterior Torso ", "palms/soles", "left elbow",
+                                "oral/genital", "unknown", None, np.nan, ""], dtype=object), n)
+    quality = {"blur_score": np.where(rng.random(n) < 0.1, np.nan, rng.random(n))}
+    return probs, age, list(sex), list(site), quality
+
+
+def _frames(ids, age, sex, site, quality):
+    md = pd.DataFrame({"image_id": ids, "age_approx": age,
+                       "sex": pd.Series(sex, dtype=object),
+                       "anatom_site_general": pd.Series(site, dtype=object)})
+    q = pd.DataFrame({"image_id": ids, **quality})
+    return md, q
+
+
+def test_fast_path_equals_the_dataframe_path_on_many_random_rows(fitted):
+    *_, folder = fitted
+    loaded = load_predictor(folder)
+    models = loaded.feature_spec.models
+    probs, age, sex, site, quality = _random_rows(600, CLASSES, models, seed=1)
+    ids = [f"r{i}" for i in range(600)]
+    md, q = _frames(ids, age, sex, site, quality)
+    with pytest.warns(MetaFeatureWarning, match="left elbow") as slow_warn:
+        slow = loaded.predict(wide_from_probs(ids, probs, CLASSES), md, quality=q)
+    with pytest.warns(MetaFeatureWarning, match="left elbow") as fast_warn:
+        fast = loaded.predict_arrays(probs, age=age, sex=sex, site=site, quality=quality)
+    assert str(fast_warn[0].message) == str(slow_warn[0].message)
+    pd.testing.assert_frame_equal(fast.to_frame(ids), slow, check_exact=False, rtol=0,
+                                  atol=1e-12)
+    # every class is the ensemble's top class somewhere, every category occurs
+    ens_top = np.mean([probs[m] for m in models], axis=0).argmax(axis=1)
+    assert set(ens_top) == set(range(len(CLASSES)))
+    assert fast.refer.any() and not fast.refer.all()
+    assert len(set(fast.sets)) > 3
+    # rows are independent: one image at a time gives the same numbers
+    for i in (0, 7, 599):
+        one = loaded.predict_arrays({m: p[i:i + 1] for m, p in probs.items()}, age=age[i:i + 1],
+                                    sex=sex[i:i + 1], site=site[i:i + 1],
+                                    quality={"blur_score": quality["blur_score"][i:i + 1]})
+        np.testing.assert_allclose(one.probs[0], fast.probs[i], rtol=0, atol=1e-12)
+        assert one.referral_prob[0] == pytest.approx(fast.referral_prob[i], abs=1e-12)
+
+
+def _hand_built(X: pd.DataFrame, spec, y, R: pd.DataFrame, target) -> MetaPredictor:
+    clf = MetaClassifier(classes=list(range(len(CLASSES))), param_grid=GRID).fit(X, y)
+    rclf = MetaClassifier(classes=[0, 1], param_grid=GRID).fit(R, target)
+    return MetaPredictor(
+        feature_spec=spec, booster=clf.booster_,
+        trained_class_index=tuple(int(i) for i in clf.trained_class_index_),
+        calibrator=Calibrator(method="temperature", temperature=1.7),
+        conformal=ConformalThresholds(coverage=0.9, classes=CLASSES, thresholds=(0.6,) * 3),
+        referral_booster=rclf.booster_,
+        referral=ReferralSpec(columns=tuple(R.columns), threshold=0.4, sensitivity_target=0.8),
+    )
+
+
+def test_fast_path_with_logits_and_without_metadata(fitted):
+    oof, _, _, _, _ = fitted
+    wide = oof_to_wide(oof)
+    X, spec = build_features(wide, None, use_logits=True, include_metadata=False)
+    y = wide.label_index()
+    R = referral_features(wide.stacked(), CLASSES, X.index)
+    pred = _hand_built(X, spec, y, R, difficulty_target(wide.stacked(), y))
+    probs, *_ = _random_rows(300, CLASSES, spec.models, seed=2)
+    ids = [f"r{i}" for i in range(300)]
+    slow = pred.predict(wide_from_probs(ids, probs, CLASSES), None)
+    fast = pred.predict_arrays(probs)
+    pd.testing.assert_frame_equal(fast.to_frame(ids), slow, check_exact=False, rtol=0,
+                                  atol=1e-12)
+
+
+def test_fast_path_maps_categories_onto_the_boosters_own_lists(fitted):
+    """A booster trained on other category orders (and without some categories) gets the same
+    codes as LightGBM's pandas handling gives it: its stored lists, NaN for absent values."""
+    oof, meta, _, _, _ = fitted
+    wide = oof_to_wide(oof)
+    X, spec = build_features(wide, meta)
+    y = wide.label_index()
+    R = referral_features(wide.stacked(), CLASSES, X.index, metadata_features=X)
+    sites = [s for s in reversed(X["anatom_site_general"].cat.categories) if s != "head/neck"]
+    X2 = X.assign(sex=X["sex"].cat.set_categories(["unknown", "female", "male"]),
+                  anatom_site_general=X["anatom_site_general"].cat.set_categories(sites))
+    R2 = R.assign(ens_pred=R["ens_pred"].cat.set_categories(list(reversed(CLASSES))),
+                  sex=X2["sex"])
+    pred = _hand_built(X2, spec, y, R2, difficulty_target(wide.stacked(), y))
+    meta_map, ref_map, _ = pred._fast_layout()
+    assert len(meta_map.remaps) == 2 and len(ref_map.remaps) == 2
+    probs, age, sex, site, _ = _random_rows(400, CLASSES, spec.models, seed=3)
+    ids = [f"r{i}" for i in range(400)]
+    md, _ = _frames(ids, age, sex, site, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetaFeatureWarning)
+        slow = pred.predict(wide_from_probs(ids, probs, CLASSES), md)
+        fast = pred.predict_arrays(probs, age=age, sex=sex, site=site)
+    pd.testing.assert_frame_equal(fast.to_frame(ids), slow, check_exact=False, rtol=0,
+                                  atol=1e-12)
+
+
+def test_fast_path_errors_are_one_sentence(fitted):
+    *_, folder = fitted
+    loaded = load_predictor(folder)
+    probs, age, sex, site, quality = _random_rows(3, CLASSES, loaded.feature_spec.models, 4)
+    with pytest.raises(DataError, match=r"no probabilities from model\(s\) \['b'\]"):
+        loaded.predict_arrays({"a": probs["a"]}, quality=quality)
+    with pytest.raises(DataError, match="non-numeric value 'old' for row 1"):
+        loaded.predict_arrays(probs, age=[50, "old", None], quality=quality)
+    with pytest.raises(DataError, match=r"quality measures \['blur_score'\]"):
+        loaded.predict_arrays(probs)
+    with pytest.raises(DataError, match=r"shape \(2,\); expected \(3,\)"):
+        loaded.predict_arrays(probs, sex=["male", "female"], quality=quality)
+    broken = load_predictor(folder)
+    broken.booster.pandas_categorical = broken.booster.pandas_categorical[:1]
+    with pytest.raises(DataError, match="meta_model.txt was trained with 1 categorical"):
+        broken.predict_arrays(probs, quality=quality)

@@ -140,6 +140,32 @@ def test_meta_probabilities_equal_the_meta_package_on_the_same_inputs(trained, p
     assert r.referral["risk"] == pytest.approx(float(out["referral_prob"].iloc[0]))
 
 
+def test_batch_meta_step_equals_the_meta_packages_dataframe_path(trained, predictor):
+    """The predictor's NumPy meta step gives the DataFrame path's numbers for every kind of
+    metadata (valid, partial, missing, invalid) in one batch."""
+    from skin_core.meta import load_predictor, wide_from_probs
+
+    metas = [(60, "female", "head/neck"), None, (30, "M", None), (200, "x", "elbow pit"),
+             (45, None, "back"), ("abc", "F", ""), (80, "female", "palms/soles"),
+             (None, "male", None)]
+    results = predictor.predict_batch(demo_images(trained, len(metas)), metadata=metas)
+    packages = {"with_metadata": load_predictor(trained["meta"]),
+                "without_metadata": load_predictor(trained["meta_nometa"])}
+    assert [r.meta_source for r in results].count("without_metadata") == 2  # rows 1 and 3
+    for r in results:
+        probs = {m: np.array([[r.members[m][c] for c in predictor.classes]]) for m in ARCHS}
+        md = pd.DataFrame({"image_id": ["x"], **{k: [v] for k, v in r.metadata.items()}})
+        out = packages[r.meta_source].predict(wide_from_probs(["x"], probs, predictor.classes),
+                                              md)
+        np.testing.assert_allclose([r.meta_probs[c] for c in predictor.classes],
+                                   out[[f"prob_{c}" for c in predictor.classes]].to_numpy()[0],
+                                   rtol=0, atol=1e-12)
+        assert r.prediction_set == tuple(out["pred_set"].iloc[0].split("|"))
+        assert r.referral["risk"] == pytest.approx(float(out["referral_prob"].iloc[0]),
+                                                   abs=1e-12)
+        assert ("high_risk" in r.referral["reasons"]) == bool(out["refer"].iloc[0])
+
+
 def test_result_record_json_keys_and_ranges(trained, predictor) -> None:
     r = predictor.predict(demo_images(trained, 1)[0], age=40, sex="male")
     d = json.loads(json.dumps(r.to_dict()))
