@@ -3,6 +3,10 @@
 One Streamlit server on a free port serves the tiny study of ``app_workspace``; one browser
 page walks through every page, saves screenshots under ``artifacts/screenshots/`` and writes
 the measured performance figures to ``artifacts/perf.json`` (quoted in docs/app.md).
+
+``SKIN_CORE_BROWSER_HOME=DIR`` runs the same tests against another workspace instead, e.g. the
+checkout after ``skin-core demo`` (``models/demo``, ``studies/demo``, ``data/demo``): that is how
+the figures for the full demo bundle in docs/app.md were measured.
 """
 
 from __future__ import annotations
@@ -62,11 +66,20 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(app_workspace, tmp_path_factory):
+def home(request) -> Path:
+    """The workspace the app serves: ``SKIN_CORE_BROWSER_HOME`` or the tiny test study."""
+    given = os.environ.get("SKIN_CORE_BROWSER_HOME")
+    if given:
+        return Path(given).resolve()
+    return request.getfixturevalue("app_workspace")
+
+
+@pytest.fixture(scope="module")
+def app_url(home, tmp_path_factory):
     port = _free_port()
     state = tmp_path_factory.mktemp("state")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKIN_CORE_")}
-    env.update(SKIN_CORE_HOME=str(app_workspace), SKIN_CORE_STATE_DIR=str(state))
+    env.update(SKIN_CORE_HOME=str(home), SKIN_CORE_STATE_DIR=str(state))
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(
@@ -91,6 +104,7 @@ def app_url(app_workspace, tmp_path_factory):
         proc.terminate()
         proc.wait(timeout=20)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        perf["workspace"] = str(home)
         PERF.write_text(json.dumps(perf, indent=2) + "\n")
 
 
@@ -125,24 +139,25 @@ def _running_done(pg) -> None:
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
 
 
-def test_home_page_in_browser(page, app_url):
+def test_home_page_in_browser(page, app_url, home):
+    n_images = len(pd.read_csv(home / "studies/demo/dataset.csv"))
     page.goto(app_url)
     page.get_by_text("Images per class").first.wait_for()
     assert page.get_by_text("research use only", exact=False).first.is_visible()
-    assert page.get_by_text("240").first.is_visible()
+    assert page.get_by_text(f"{n_images:,}").first.is_visible()
     _shot(page, "home")
 
 
-def _demo_image(app_workspace: Path) -> Path:
-    return sorted((app_workspace / "data/demo/ISIC_2019_Training_Input").glob("*.jpg"))[3]
+def _demo_image(home: Path) -> Path:
+    return sorted((home / "data/demo/ISIC_2019_Training_Input").glob("*.jpg"))[3]
 
 
-def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, app_workspace):
+def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, home):
     page.goto(f"{app_url}/predict")
     page.get_by_text("Upload an image to start").wait_for()
     loaded = page.get_by_text("loaded at").first.inner_text()
     t0 = time.perf_counter()
-    page.locator("input[type=file]").first.set_input_files(str(_demo_image(app_workspace)))
+    page.locator("input[type=file]").first.set_input_files(str(_demo_image(home)))
     page.get_by_text("Top diagnosis").first.wait_for()
     page.get_by_text("Grad-CAM heatmap").first.wait_for()
     page.get_by_text("Image quality").first.wait_for()
@@ -172,7 +187,7 @@ def _bomb_png() -> bytes:
     return buf.getvalue()
 
 
-def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, app_workspace):
+def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, home):
     page.goto(f"{app_url}/predict")
     page.get_by_text("Upload an image to start").wait_for()
     page.locator("input[type=file]").first.set_input_files(files=[
@@ -185,12 +200,12 @@ def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, 
     assert any("notes.jpg" in e for e in errors) and any("bomb.png" in e for e in errors)
     assert any("pixels" in e for e in errors)
     _shot(page, "predict-bad-input")
-    page.locator("input[type=file]").first.set_input_files(str(_demo_image(app_workspace)))
+    page.locator("input[type=file]").first.set_input_files(str(_demo_image(home)))
     page.get_by_text("Top diagnosis").first.wait_for()
 
 
-def test_gallery_thumbnails_and_filters(page, app_url, app_workspace):
-    diff = pd.read_csv(app_workspace / "studies/demo/difficulty/difficulty.csv")
+def test_gallery_thumbnails_and_filters(page, app_url, home):
+    diff = pd.read_csv(home / "studies/demo/difficulty/difficulty.csv")
     n_shown = min(240, len(diff))
     page.goto(f"{app_url}/difficult")
     page.get_by_text("images match the filters").first.wait_for()
