@@ -43,8 +43,15 @@ Metadata: an age that is not a number or outside 0-120, and a sex or site outsid
 vocabulary, give a warning in the result and are treated as missing / unknown.
 
 Batch prediction (:meth:`Predictor.iter_predict`) decodes in a thread pool ahead of the
-forward passes (overlap), runs models on batches, and yields one result per input in order;
-an unreadable image becomes a result with ``error`` set and never stops the others.
+forward passes (overlap: a bounded prefetch of :data:`PREFETCH_BATCHES` batches whose decoding
+threads also write the normalised float inputs into preallocated batch tensors), runs models on
+batches, and yields one result per input in order; an unreadable image becomes a result with
+``error`` set and never stops the others.
+
+The meta step runs the meta package's NumPy fast path
+(:meth:`~skin_core.meta.io.MetaPredictor.predict_arrays`: the numbers of its DataFrame path, to
+1e-12, without building DataFrames), so a single image costs little more than the members'
+forward passes (``docs/performance.md``, Prediction).
 """
 
 from __future__ import annotations
@@ -53,9 +60,11 @@ import csv
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +87,9 @@ MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 #: Images with a side shorter than this are refused (no dermoscopic detail survives).
 MIN_SIDE = 32
+
+#: Batches that :meth:`Predictor.iter_predict` decodes ahead of the one running through the models.
+PREFETCH_BATCHES = 2
 
 #: Accepted age range in years (inclusive); outside it the age is treated as missing.
 AGE_RANGE = (0.0, 120.0)
@@ -369,6 +381,7 @@ class Predictor:
 
             self._ens_conformal = ConformalThresholds.from_dict(
                 self.bundle.manifest["ensemble_conformal"])
+        self._percentile_tables = _percentile_tables(self.bundle.quality_reference)
         self.load_seconds = time.perf_counter() - t0
 
     # ---- decoding -----------------------------------------------------------------------
@@ -433,10 +446,14 @@ class Predictor:
 
     def _forward(self, batch: list[_Prepared], *, tta: bool, heatmap: bool,
                  folds: dict[tuple[str, int], np.ndarray] | None = None,
+                 inputs: Mapping[tuple, Any] | None = None,
                  ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Per-model ``(B, K)`` probabilities (mean over folds) and optional Grad-CAMs.
 
-        ``folds``, when given, receives every fold model's probabilities.
+        ``folds``, when given, receives every fold model's probabilities. ``inputs``, when
+        given, holds the batch's float network inputs per input key (see
+        :meth:`_input_buffers`, filled by the decoding threads); otherwise they are made here
+        from the items' crops.
         """
         import torch
 
@@ -452,10 +469,13 @@ class Predictor:
             key = (pre.input_size, pre.crop, tuple(pre.mean), tuple(pre.std))
             if key not in x_cache:
                 ukey = (pre.input_size, pre.crop)
-                if ukey not in u8_cache:
-                    u8_cache[ukey] = torch.from_numpy(
-                        np.stack([it.inputs[ukey] for it in batch])).to(self.device)
-                x = to_float(u8_cache[ukey], pre.mean, pre.std)
+                if inputs is not None:
+                    x = inputs[key].to(self.device)
+                else:
+                    if ukey not in u8_cache:
+                        u8_cache[ukey] = torch.from_numpy(
+                            np.stack([it.inputs[ukey] for it in batch])).to(self.device)
+                    x = to_float(u8_cache[ukey], pre.mean, pre.std)
                 if tta:
                     x = torch.cat([x, x.flip(3), x.flip(2), x.flip(2).flip(3)])
                 if self.device == "cuda":
@@ -547,15 +567,15 @@ class Predictor:
         Parameters
         ----------
         images:
-            Paths (or bytes); any iterable (consumed lazily, so 10,000 paths are fine). Decoding
-        runs in ``workers`` threads ahead of the forward passes.
+            Paths (or bytes); any iterable (consumed lazily, so 10,000 paths are fine).
         metadata:
             ``(age, sex, site)`` for every image, or a mapping ``image_id -> (age, sex, site)``
             (or a DataFrame with ``image_id, age_approx, sex, anatom_site_general``).
         batch_size:
             Images per forward pass.
         workers:
-            Decoding threads; decoding runs ahead of the forward passes (two batches).
+            Decoding threads; decoding runs ahead of the forward passes
+            (:data:`PREFETCH_BATCHES` batches, each with its own preallocated input tensors).
         progress:
             tqdm progress bar on stderr.
         """
@@ -569,36 +589,93 @@ class Predictor:
         bar = tqdm(total=total, disable=not progress, unit="img", desc="predict",
                    dynamic_ncols=True)
         it = iter(images)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        # Bounded prefetch: PREFETCH_BATCHES batches decode while one runs through the
+        # models. Each batch owns a set of preallocated input tensors that the decoding threads
+        # fill row by row (uint8 crop -> normalised float32, the GIL released), so the main
+        # thread neither stacks nor converts; a set is reused once its batch has run.
+        inflight: deque[tuple[list[Any], dict[tuple, Any]]] = deque()
+        free: list[dict[tuple, Any]] = []
+
+        def submit_batch() -> None:
+            srcs = list(islice(it, batch_size))
+            if srcs:
+                bufs = free.pop() if free else self._input_buffers(batch_size)
+                inflight.append(([pool.submit(self._prepare_row, src, bufs, j)
+                                  for j, src in enumerate(srcs)], bufs))
+
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-                pending: list[Any] = []
-
-                def fill() -> None:
-                    while len(pending) < 2 * batch_size:
-                        try:
-                            src = next(it)
-                        except StopIteration:
-                            return
-                        pending.append(pool.submit(self.prepare, src))
-
-                fill()
-                while pending:
-                    take, pending[:] = pending[:batch_size], pending[batch_size:]
-                    fill()  # keep the decoders busy while this batch runs
-                    items = [f.result() for f in take]
-                    meta = [lookup(it_.image_id) for it_ in items]
-                    for r in self._predict_prepared(items, meta, heatmap=heatmap, tta=tta):
-                        bar.update(1)
-                        yield r
+            for _ in range(PREFETCH_BATCHES):
+                submit_batch()
+            while inflight:
+                futures, bufs = inflight.popleft()
+                submit_batch()  # keep the decoders busy while this batch runs
+                items = [f.result() for f in futures]
+                meta = [lookup(it_.image_id) for it_ in items]
+                results = self._predict_prepared(items, meta, heatmap=heatmap, tta=tta,
+                                                 buffers=bufs)
+                free.append(bufs)
+                for r in results:
+                    bar.update(1)
+                    yield r
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             bar.close()
+
+    def _input_keys(self) -> list[tuple]:
+        """Distinct network inputs ``(size, crop, mean, std)``, in member order."""
+        keys = [(p.input_size, p.crop, tuple(p.mean), tuple(p.std)) for _, p, _ in self._members]
+        return list(dict.fromkeys(keys))
+
+    def _input_buffers(self, rows: int) -> dict[tuple, Any]:
+        """One preallocated ``(rows, 3, S, S)`` float32 tensor per input key, with the strides
+        of :func:`~skin_core.training.augment.to_float`'s output (a permuted ``(B, S, S, 3)``
+        block), so the networks see the same memory layout as in training's evaluation."""
+        import torch
+
+        pin = self.device == "cuda"
+        return {key: torch.empty((rows, key[0], key[0], 3), dtype=torch.float32,
+                                 pin_memory=pin).permute(0, 3, 1, 2)
+                for key in self._input_keys()}
+
+    def _prepare_row(self, src: Any, buffers: Mapping[tuple, Any], row: int) -> _Prepared:
+        """:meth:`prepare`, then the image's float inputs into row ``row`` of ``buffers``
+        (runs in a decoding thread)."""
+        import torch
+
+        from skin_core.training.augment import to_float
+
+        item = self.prepare(src)
+        if item.error is None:
+            try:
+                for key, buf in buffers.items():
+                    # a writable copy (PIL's arrays are read-only; torch warns about those)
+                    u8 = torch.from_numpy(np.array(item.inputs[(key[0], key[1])][None]))
+                    buf[row].copy_(to_float(u8, key[2], key[3])[0])
+            except Exception as e:  # noqa: BLE001 - one image must never stop the others
+                item.error = (f"{item.name} could not be processed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}).")
+        return item
 
     # ---- assembly -------------------------------------------------------------------------
 
     def _predict_prepared(self, items: list[_Prepared], meta: Sequence[Any], *,
-                          heatmap: bool, tta: bool) -> list[PredictionResult]:
-        batch = [it for it in items if it.error is None]
-        forward = self._forward(batch, tta=tta, heatmap=heatmap) if batch else ({}, None)
+                          heatmap: bool, tta: bool,
+                          buffers: Mapping[tuple, Any] | None = None,
+                          ) -> list[PredictionResult]:
+        """Forward passes and assembly of decoded items. ``buffers``: the items' float inputs,
+        row ``i`` for ``items[i]`` (from :meth:`_prepare_row`)."""
+        good = [i for i, it in enumerate(items) if it.error is None]
+        batch = [items[i] for i in good]
+        inputs = None
+        if buffers is not None and batch:
+            for buf in buffers.values():
+                for dst, src in enumerate(good):  # close the failed images' gaps, in place
+                    if dst != src:
+                        buf[dst].copy_(buf[src])
+            inputs = {key: buf[:len(good)] for key, buf in buffers.items()}  # views
+        forward = (self._forward(batch, tta=tta, heatmap=heatmap, inputs=inputs) if batch
+                   else ({}, None))
         return self._assemble(items, meta, *forward)
 
     def _assemble(self, items: list[_Prepared], meta: Sequence[Any],
@@ -738,14 +815,10 @@ class Predictor:
         return pred.predict_arrays(probs, age=age, sex=sex, site=site, quality=quality)
 
     def _quality_record(self, q: dict[str, float]) -> dict[str, Any]:
-        from skin_core.analysis.quality import percentile_of
-
-        ref = self.bundle.quality_reference
         percentiles: dict[str, float] = {}
-        if ref is not None:
-            for m in ref.get("measures", {}):
-                if m in q:
-                    percentiles[m] = float(percentile_of(float(q[m]), ref, m))
+        for m, (levels_x, levels_y) in self._percentile_tables.items():
+            if m in q:
+                percentiles[m] = _percentile(float(q[m]), levels_x, levels_y)
         blur = float(q["blur_score"])
         blurry = bool(q["is_blurry"])
         pct = percentiles.get("blur_score")
@@ -763,6 +836,29 @@ class Predictor:
         return {"blur_score": blur, "is_blurry": blurry, "blur_percentile": pct,
                 "low_quality": bool(low), "percentiles": percentiles,
                 "measures": {k: float(v) for k, v in q.items()}, "warning": msg}
+
+
+def _percentile_tables(reference: Mapping[str, Any] | None
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per measure of a quality reference, the interpolation table of
+    :func:`skin_core.analysis.quality.percentile_of` (distinct quantiles, mean level of tied
+    quantiles), built once instead of on every call (it was most of the assembly's cost)."""
+    tables = {}
+    for m, entry in ((reference or {}).get("measures") or {}).items():
+        q = np.asarray(entry["quantiles"], dtype=float)
+        lv = np.asarray(entry["levels"], dtype=float)
+        uq, inverse = np.unique(q, return_inverse=True)
+        tables[m] = (uq, np.bincount(inverse, weights=lv) / np.bincount(inverse))
+    return tables
+
+
+def _percentile(value: float, uq: np.ndarray, ulv: np.ndarray) -> float:
+    """``percentile_of(value, reference, measure)`` from the measure's table."""
+    if value is None or not np.isfinite(value):
+        return float("nan")
+    if len(uq) == 1:
+        return float(0.0 if value < uq[0] else 100.0 if value > uq[0] else 50.0)
+    return float(np.interp(value, uq, ulv, left=0.0, right=100.0))
 
 
 def _normalize_any(m: Any) -> tuple[dict[str, Any], list[str]]:

@@ -407,6 +407,47 @@ def test_iter_predict_keeps_order_and_matches_single_predictions(trained, predic
     assert results[7].meta_probs == pytest.approx(single.meta_probs, abs=1e-6)
 
 
+def test_decoding_threads_fill_the_same_inputs_as_training_preprocessing(trained, predictor):
+    """Rows written by the decoding threads equal to_float of the stacked crops, bit for bit,
+    with the same memory layout; a failed image's row is skipped."""
+    import torch
+
+    from skin_core.training.augment import to_float
+
+    images = demo_images(trained, 4)
+    images.insert(1, str(trained["demo"] / "missing.jpg"))
+    bufs = predictor._input_buffers(8)
+    items = [predictor._prepare_row(p, bufs, j) for j, p in enumerate(images)]
+    assert items[1].error and all(it.error is None for i, it in enumerate(items) if i != 1)
+    for key, buf in bufs.items():
+        u8 = torch.from_numpy(np.stack([it.inputs[key[:2]] for it in items if it.error is None]))
+        want = to_float(u8, key[2], key[3])
+        got = buf[[0, 2, 3, 4]]
+        assert torch.equal(got, want)
+        assert buf[:4].stride() == to_float(torch.from_numpy(np.stack(
+            [items[0].inputs[key[:2]]] * 4)), key[2], key[3]).stride()
+
+
+def test_quality_percentiles_equal_percentile_of(trained, predictor) -> None:
+    from skin_core.analysis.quality import percentile_of
+    from skin_core.predict import _percentile, _percentile_tables
+
+    ref = predictor.bundle.quality_reference
+    tied = {"measures": {"tied": {"levels": [0, 25, 50, 75, 100],
+                                  "quantiles": [1.0, 2.0, 2.0, 2.0, 5.0]},
+                         "flat": {"levels": [0, 50, 100], "quantiles": [3.0, 3.0, 3.0]}}}
+    for reference in (ref, tied):
+        tables = _percentile_tables(reference)
+        assert list(tables) == list(reference["measures"])
+        for m, entry in reference["measures"].items():
+            lo, hi = min(entry["quantiles"]), max(entry["quantiles"])
+            values = [*np.linspace(lo - 1, hi + 1, 41), *entry["quantiles"], float("nan")]
+            for v in values:
+                want = percentile_of(v, reference, m)
+                got = _percentile(v, *tables[m])
+                assert (np.isnan(want) and np.isnan(got)) or got == want, (m, v)
+
+
 def _cli(argv, capsys):
     from skin_core.cli import main
 
