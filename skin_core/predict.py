@@ -592,10 +592,12 @@ class Predictor:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
         # Bounded prefetch: PREFETCH_BATCHES batches decode while one runs through the
         # models. Each batch owns a set of preallocated input tensors that the decoding threads
-        # fill row by row (uint8 crop -> normalised float32, the GIL released), so the main
-        # thread neither stacks nor converts; a set is reused once its batch has run.
+        # fill row by row (uint8 crop -> normalised float32 by table lookup, the GIL released),
+        # so the main thread neither stacks nor converts; a set is reused once its batch ran.
         inflight: deque[tuple[list[Any], dict[tuple, Any]]] = deque()
         free: list[dict[tuple, Any]] = []
+        for key in self._input_keys():
+            self._input_lut(key)  # built once, before the decoding threads need it
 
         def submit_batch() -> None:
             srcs = list(islice(it, batch_size))
@@ -627,41 +629,52 @@ class Predictor:
         keys = [(p.input_size, p.crop, tuple(p.mean), tuple(p.std)) for _, p, _ in self._members]
         return list(dict.fromkeys(keys))
 
-    def _input_buffers(self, rows: int) -> dict[tuple, Any]:
-        """One preallocated ``(rows, 3, S, S)`` float32 tensor per input key, with the strides
-        of :func:`~skin_core.training.augment.to_float`'s output (a permuted ``(B, S, S, 3)``
-        block), so the networks see the same memory layout as in training's evaluation."""
+    def _input_buffers(self, rows: int) -> dict[tuple, tuple[Any, np.ndarray]]:
+        """Per input key, a preallocated ``(rows, 3, S, S)`` float32 tensor with the strides of
+        :func:`~skin_core.training.augment.to_float`'s output (a permuted ``(B, S, S, 3)``
+        block, so the networks see the memory layout of training's evaluation) and the
+        ``(rows, S, S, 3)`` ndarray view of the same memory that the decoding threads fill."""
         import torch
 
         pin = self.device == "cuda"
-        return {key: torch.empty((rows, key[0], key[0], 3), dtype=torch.float32,
-                                 pin_memory=pin).permute(0, 3, 1, 2)
-                for key in self._input_keys()}
+        out = {}
+        for key in self._input_keys():
+            block = torch.empty((rows, key[0], key[0], 3), dtype=torch.float32, pin_memory=pin)
+            out[key] = (block.permute(0, 3, 1, 2), block.numpy())
+        return out
 
-    def _prepare_row(self, src: Any, buffers: Mapping[tuple, Any], row: int) -> _Prepared:
-        """:meth:`prepare`, then the image's float inputs into row ``row`` of ``buffers``
-        (runs in a decoding thread)."""
-        import torch
+    def _input_lut(self, key: tuple) -> np.ndarray:
+        """``(3, 256)`` float32: :func:`~skin_core.training.augment.to_float` of every uint8
+        value in each channel for input ``key``. ``to_float`` is elementwise, so looking a
+        crop's values up here gives its output bit for bit (tested) without running torch
+        operators (and their OpenMP thread teams) in the decoding threads."""
+        luts = self.__dict__.setdefault("_luts", {})
+        if key not in luts:
+            import torch
 
-        from skin_core.training.augment import to_float
+            from skin_core.training.augment import to_float
 
+            values = torch.arange(256, dtype=torch.uint8).view(1, 1, 256, 1).expand(1, 1, 256, 3)
+            luts[key] = to_float(values.contiguous(), key[2], key[3])[0, :, 0, :].numpy().copy()
+        return luts[key]
+
+    def _prepare_row(self, src: Any, buffers: Mapping[tuple, tuple[Any, np.ndarray]],
+                     row: int) -> _Prepared:
+        """:meth:`prepare`, then the image's normalised float inputs into row ``row`` of
+        ``buffers`` (runs in a decoding thread; NumPy releases the GIL)."""
         item = self.prepare(src)
         if item.error is None:
-            try:
-                for key, buf in buffers.items():
-                    # a writable copy (PIL's arrays are read-only; torch warns about those)
-                    u8 = torch.from_numpy(np.array(item.inputs[(key[0], key[1])][None]))
-                    buf[row].copy_(to_float(u8, key[2], key[3])[0])
-            except Exception as e:  # noqa: BLE001 - one image must never stop the others
-                item.error = (f"{item.name} could not be processed ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''}).")
+            for key, (_, block) in buffers.items():
+                lut, crop, dst = self._input_lut(key), item.inputs[(key[0], key[1])], block[row]
+                for c in range(3):
+                    np.take(lut[c], crop[:, :, c], out=dst[:, :, c], mode="clip")
         return item
 
     # ---- assembly -------------------------------------------------------------------------
 
     def _predict_prepared(self, items: list[_Prepared], meta: Sequence[Any], *,
                           heatmap: bool, tta: bool,
-                          buffers: Mapping[tuple, Any] | None = None,
+                          buffers: Mapping[tuple, tuple[Any, np.ndarray]] | None = None,
                           ) -> list[PredictionResult]:
         """Forward passes and assembly of decoded items. ``buffers``: the items' float inputs,
         row ``i`` for ``items[i]`` (from :meth:`_prepare_row`)."""
@@ -669,11 +682,11 @@ class Predictor:
         batch = [items[i] for i in good]
         inputs = None
         if buffers is not None and batch:
-            for buf in buffers.values():
+            for _, block in buffers.values():
                 for dst, src in enumerate(good):  # close the failed images' gaps, in place
                     if dst != src:
-                        buf[dst].copy_(buf[src])
-            inputs = {key: buf[:len(good)] for key, buf in buffers.items()}  # views
+                        block[dst] = block[src]
+            inputs = {key: x[:len(good)] for key, (x, _) in buffers.items()}  # views
         forward = (self._forward(batch, tta=tta, heatmap=heatmap, inputs=inputs) if batch
                    else ({}, None))
         return self._assemble(items, meta, *forward)
@@ -737,18 +750,18 @@ class Predictor:
         disagree = (tops != tops[0]).any(axis=0)
         ens_sets = self._ens_conformal.labels(ens) if self._ens_conformal is not None else None
         hm_spec = self._members[self._heatmap_index][0]
+        by_arch: dict[str, list[np.ndarray]] = {}
+        for m in self.models:
+            by_arch.setdefault(self._arch_of[m], []).append(per_model[m])
+        arch_means = {arch: np.mean(ps, axis=0) for arch, ps in by_arch.items()}
+        percentiles = self._batch_percentiles([it.quality for it in batch])
         for j, i in enumerate(good):
             it = batch[j]
-            probs = dict(zip(self.classes, (float(v) for v in ens[j]), strict=True))
-            members: dict[str, dict[str, float]] = {}
-            by_arch: dict[str, list[np.ndarray]] = {}
-            for m in self.models:
-                by_arch.setdefault(self._arch_of[m], []).append(per_model[m][j])
-            for arch, ps in by_arch.items():
-                members[arch] = dict(zip(self.classes, (float(v) for v in np.mean(ps, axis=0)),
-                                         strict=True))
+            probs = dict(zip(self.classes, ens[j].tolist(), strict=True))
+            members = {arch: dict(zip(self.classes, a[j].tolist(), strict=True))
+                       for arch, a in arch_means.items()}
             if meta_probs is not None:
-                mp = dict(zip(self.classes, (float(v) for v in meta_probs[j]), strict=True))
+                mp = dict(zip(self.classes, meta_probs[j].tolist(), strict=True))
                 label = self.classes[int(np.argmax(meta_probs[j]))]
                 pset = meta_sets[j]
                 coverage = float((with_md or without_md).conformal.coverage)
@@ -758,7 +771,7 @@ class Predictor:
                 pset = tuple(ens_sets[j].split("|")) if ens_sets is not None else (label,)
                 coverage = (float(self._ens_conformal.coverage)
                             if self._ens_conformal is not None else None)
-            quality = self._quality_record(it.quality)
+            quality = self._quality_record(it.quality, percentiles[j])
             reasons = []
             if quality["low_quality"]:
                 reasons.append("low_quality")
@@ -814,11 +827,19 @@ class Predictor:
                        if any(c in it.quality for it in items)}
         return pred.predict_arrays(probs, age=age, sex=sex, site=site, quality=quality)
 
-    def _quality_record(self, q: dict[str, float]) -> dict[str, Any]:
-        percentiles: dict[str, float] = {}
-        for m, (levels_x, levels_y) in self._percentile_tables.items():
-            if m in q:
-                percentiles[m] = _percentile(float(q[m]), levels_x, levels_y)
+    def _batch_percentiles(self, qs: list[dict[str, float]]) -> list[dict[str, float]]:
+        """Per image, measure -> percentile among the training images (the measures it has)."""
+        out: list[dict[str, float]] = [{} for _ in qs]
+        for m, (uq, ulv) in self._percentile_tables.items():
+            rows = [j for j, q in enumerate(qs) if m in q]
+            if rows:
+                values = _percentiles(np.array([float(qs[j][m]) for j in rows]), uq, ulv)
+                for j, v in zip(rows, values.tolist(), strict=True):
+                    out[j][m] = v
+        return out
+
+    def _quality_record(self, q: dict[str, float], percentiles: dict[str, float]
+                        ) -> dict[str, Any]:
         blur = float(q["blur_score"])
         blurry = bool(q["is_blurry"])
         pct = percentiles.get("blur_score")
@@ -852,13 +873,17 @@ def _percentile_tables(reference: Mapping[str, Any] | None
     return tables
 
 
-def _percentile(value: float, uq: np.ndarray, ulv: np.ndarray) -> float:
-    """``percentile_of(value, reference, measure)`` from the measure's table."""
-    if value is None or not np.isfinite(value):
-        return float("nan")
+def _percentiles(values: np.ndarray, uq: np.ndarray, ulv: np.ndarray) -> np.ndarray:
+    """``percentile_of(v, reference, measure)`` of every ``v`` in ``values`` from the measure's
+    table (NaN for non-finite values)."""
+    out = np.full(len(values), np.nan)
+    ok = np.isfinite(values)
+    v = values[ok]
     if len(uq) == 1:
-        return float(0.0 if value < uq[0] else 100.0 if value > uq[0] else 50.0)
-    return float(np.interp(value, uq, ulv, left=0.0, right=100.0))
+        out[ok] = np.where(v < uq[0], 0.0, np.where(v > uq[0], 100.0, 50.0))
+    else:
+        out[ok] = np.interp(v, uq, ulv, left=0.0, right=100.0)
+    return out
 
 
 def _normalize_any(m: Any) -> tuple[dict[str, Any], list[str]]:

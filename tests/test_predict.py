@@ -419,18 +419,23 @@ def test_decoding_threads_fill_the_same_inputs_as_training_preprocessing(trained
     bufs = predictor._input_buffers(8)
     items = [predictor._prepare_row(p, bufs, j) for j, p in enumerate(images)]
     assert items[1].error and all(it.error is None for i, it in enumerate(items) if i != 1)
-    for key, buf in bufs.items():
+    for key, (x, _) in bufs.items():
         u8 = torch.from_numpy(np.stack([it.inputs[key[:2]] for it in items if it.error is None]))
         want = to_float(u8, key[2], key[3])
-        got = buf[[0, 2, 3, 4]]
-        assert torch.equal(got, want)
-        assert buf[:4].stride() == to_float(torch.from_numpy(np.stack(
-            [items[0].inputs[key[:2]]] * 4)), key[2], key[3]).stride()
+        assert torch.equal(x[[0, 2, 3, 4]], want)
+        assert x[:4].stride() == want.stride()
+        # the lookup table is to_float itself, on any size (vectorised loops and their tails)
+        rng = np.random.default_rng(0)
+        odd = rng.integers(0, 256, (2, 97, 97, 3), dtype=np.uint8)
+        lut = predictor._input_lut(key)
+        looked_up = np.stack([lut[c][odd[..., c]] for c in range(3)], axis=1)
+        np.testing.assert_array_equal(looked_up,
+                                      to_float(torch.from_numpy(odd), key[2], key[3]).numpy())
 
 
 def test_quality_percentiles_equal_percentile_of(trained, predictor) -> None:
     from skin_core.analysis.quality import percentile_of
-    from skin_core.predict import _percentile, _percentile_tables
+    from skin_core.predict import _percentile_tables, _percentiles
 
     ref = predictor.bundle.quality_reference
     tied = {"measures": {"tied": {"levels": [0, 25, 50, 75, 100],
@@ -441,11 +446,11 @@ def test_quality_percentiles_equal_percentile_of(trained, predictor) -> None:
         assert list(tables) == list(reference["measures"])
         for m, entry in reference["measures"].items():
             lo, hi = min(entry["quantiles"]), max(entry["quantiles"])
-            values = [*np.linspace(lo - 1, hi + 1, 41), *entry["quantiles"], float("nan")]
-            for v in values:
-                want = percentile_of(v, reference, m)
-                got = _percentile(v, *tables[m])
-                assert (np.isnan(want) and np.isnan(got)) or got == want, (m, v)
+            values = [*np.linspace(lo - 1, hi + 1, 41), *entry["quantiles"], float("nan"),
+                      float("inf")]
+            want = [percentile_of(v, reference, m) for v in values]
+            np.testing.assert_array_equal(_percentiles(np.array(values), *tables[m]), want,
+                                          err_msg=m)
 
 
 def _cli(argv, capsys):
