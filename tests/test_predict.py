@@ -407,6 +407,16 @@ def test_iter_predict_keeps_order_and_matches_single_predictions(trained, predic
     assert results[7].meta_probs == pytest.approx(single.meta_probs, abs=1e-6)
 
 
+def test_iter_predict_stopped_early_leaves_no_decoding_thread(trained, predictor) -> None:
+    import threading
+
+    gen = predictor.iter_predict(demo_images(trained, 12), batch_size=2, workers=2)
+    first = next(gen)
+    gen.close()  # the consumer stops: queued decodes are cancelled, the pool shut down
+    assert first.error is None
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
+
+
 def test_decoding_threads_fill_the_same_inputs_as_training_preprocessing(trained, predictor):
     """Rows written by the decoding threads equal to_float of the stacked crops, bit for bit,
     with the same memory layout; a failed image's row is skipped."""
