@@ -407,6 +407,18 @@ def test_iter_predict_keeps_order_and_matches_single_predictions(trained, predic
     assert results[7].meta_probs == pytest.approx(single.meta_probs, abs=1e-6)
 
 
+def test_streamed_batches_equal_in_memory_batches_with_tta_and_heatmap(trained, predictor):
+    """The streaming path (inputs written by the decoding threads) gives exactly the numbers
+    of predict_batch (inputs stacked and converted in the caller) for the same batch."""
+    images = demo_images(trained, 5)
+    streamed = list(predictor.iter_predict(images, batch_size=5, tta=True, heatmap=True))
+    in_memory = predictor.predict_batch(images, tta=True, heatmap=True)
+    for a, b in zip(streamed, in_memory, strict=True):
+        assert a.probs == b.probs and a.members == b.members and a.meta_probs == b.meta_probs
+        np.testing.assert_array_equal(a.heatmap, b.heatmap)
+        assert a.quality == b.quality and a.referral == b.referral
+
+
 def test_iter_predict_stopped_early_leaves_no_decoding_thread(trained, predictor) -> None:
     import threading
 

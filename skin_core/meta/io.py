@@ -2,7 +2,9 @@
 
 A :class:`MetaPredictor` scores new images from the CNNs' per-model probabilities and the
 patient metadata: calibrated meta-classifier probabilities, the conformal prediction set and
-the referral probability with its ``refer`` flag.
+the referral probability with its ``refer`` flag, from DataFrames (:meth:`MetaPredictor.predict`)
+or, with the same numbers and a fraction of the cost for a few rows, from arrays
+(:meth:`MetaPredictor.predict_arrays`, a :class:`MetaScores` record).
 
 On disk (:func:`save_predictor` / :func:`load_predictor`) a predictor is a folder with
 
@@ -233,6 +235,10 @@ class MetaPredictor:
             ``prob_<C>`` (calibrated), ``pred`` (arg-max of the class-weighted model: the
             decision whose balanced accuracy is reported), ``pred_set`` (e.g. ``"MEL|NV"``),
             ``set_size`` and, with a referral model, ``referral_prob`` and ``refer``.
+
+        See Also
+        --------
+        predict_arrays : the same numbers from arrays, without DataFrames (prediction time).
         """
         wide = oof_or_probs if isinstance(oof_or_probs, WideOOF) else _as_wide(
             oof_or_probs, self.classes
