@@ -26,8 +26,10 @@ Per image (the same steps training used for evaluation, reusing its functions):
    ``meta_probs`` (calibrated) or, without a meta-classifier, of ``probs``;
 4. ``prediction_set``: the meta-classifier's conformal set, or without one the ensemble's
    own conformal set (thresholds fitted on the training OOF ensemble at bundle time);
-5. quality: :func:`~skin_core.analysis.quality.measure_quality` on the full-resolution image,
-   percentiles in the training distribution, ``is_blurry`` and a plain-language warning;
+5. quality: :func:`~skin_core.analysis.quality.measure_quality` on the full-resolution grey
+   image from :func:`~skin_core.analysis.quality.read_grey` (the decode the study's
+   ``quality.csv`` used, so the scores are the same as there for the same file), percentiles
+   in the training distribution, ``is_blurry`` and a plain-language warning;
 6. referral (``refer`` is true when any reason holds):
 
    - ``risk``: the meta package's referral model, the probability that every CNN gets this
@@ -403,7 +405,7 @@ class Predictor:
         return item
 
     def _prepare(self, src: Any, item: _Prepared) -> None:
-        from skin_core.analysis.quality import measure_quality
+        from skin_core.analysis.quality import measure_quality, read_grey
         from skin_core.data.cache import resize_array
         from skin_core.data.images import image_size, read_image
 
@@ -427,7 +429,6 @@ class Predictor:
                 f"{what} is only {w}x{h} pixels; a dermoscopic image needs at least "
                 f"{MIN_SIDE}x{MIN_SIDE} pixels, upload the original photograph."
             )
-        full: np.ndarray | None = None
         for size, crop in self._sizes:
             # Same draft (DCT-scaled) decode size as skin_core.data.cache.load_resized.
             reduce_to = (size, size)
@@ -435,12 +436,10 @@ class Predictor:
                 s = size / min(w, h)
                 reduce_to = (max(size, int(w * s)), max(size, int(h * s)))
             rgb = read_image(src, max_pixels=self.max_pixels, reduce_to=reduce_to, name=what)
-            if rgb.shape[0] * rgb.shape[1] == w * h:
-                full = rgb
             item.inputs[(size, crop)] = resize_array(rgb, size, resize=crop)
-        if full is None:
-            full = read_image(src, max_pixels=self.max_pixels, name=what)
-        item.quality = measure_quality(full)
+        # Quality from the same full-resolution grey decode as the study's quality.csv
+        # (OpenCV's luma-only JPEG path, about half the cost of a full RGB decode).
+        item.quality = measure_quality(read_grey(src, max_pixels=self.max_pixels, name=what))
 
     # ---- forward passes -------------------------------------------------------------------
 

@@ -455,6 +455,19 @@ def test_decoding_threads_fill_the_same_inputs_as_training_preprocessing(trained
                                       to_float(torch.from_numpy(odd), key[2], key[3]).numpy())
 
 
+def test_quality_equals_the_studys_quality_csv_for_the_same_file(trained, predictor) -> None:
+    """Upload-time quality uses the study's own decode and measures: identical numbers."""
+    from skin_core.analysis.quality import compute_quality
+
+    files = demo_images(trained, 4)
+    want = compute_quality(files, workers=1).set_index("image_id")
+    for f, res in zip(files, predictor.predict_batch(files), strict=True):
+        row = want.loc[Path(f).stem]
+        assert res.quality["blur_score"] == row["blur_score"]
+        for m in ("laplacian_var_full", "wavelet_ratio", "fft_hf_ratio", "entropy"):
+            assert res.quality["measures"][m] == row[m], m
+
+
 def test_quality_percentiles_equal_percentile_of(trained, predictor) -> None:
     from skin_core.analysis.quality import percentile_of
     from skin_core.predict import _percentile_tables, _percentiles

@@ -435,8 +435,13 @@ def _jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def read_grey(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Decode ``path`` to an upright ``(H, W) uint8`` grey image (ITU-R 601 luma).
+def read_grey(path: str | os.PathLike[str] | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS,
+              name: str | None = None) -> np.ndarray:
+    """Decode ``path`` (a file, or its bytes) to an upright ``(H, W) uint8`` grey image.
+
+    Grey is ITU-R 601 luma. ``name`` names the image in error messages (default: the path).
+    The prediction code measures uploads with this same function, so an image's quality
+    scores at prediction time equal those in the study's ``quality.csv``.
 
     A fast path for plain JPEGs decodes only the luma channel with OpenCV (about twice as fast
     as a full RGB decode with Pillow, which is what makes :func:`compute_quality` cheap). It is
@@ -454,9 +459,11 @@ def read_grey(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXEL
         As :func:`~skin_core.data.images.read_image`: missing, empty, not an image, truncated
         or corrupt, or larger than ``max_pixels``.
     """
+    data: bytes | None = path if isinstance(path, (bytes, bytearray)) else None
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        if data is None:
+            with open(path, "rb") as fh:
+                data = fh.read()
         frame = _jpeg_frame(data)
         if (
             frame is not None and frame[2] in (1, 3) and 0 < frame[0] * frame[1] <= max_pixels
@@ -467,7 +474,8 @@ def read_grey(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXEL
                 return grey
     except Exception:  # noqa: BLE001 - anything odd: the safe decoder decides and explains
         pass
-    return _to_grey(read_image(path, max_pixels=max_pixels))
+    return _to_grey(read_image(data if data is not None else path, max_pixels=max_pixels,
+                               name=name))
 
 
 def _measure_file(path: str, long_side: int) -> tuple[tuple[float, ...], str]:
