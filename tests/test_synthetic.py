@@ -233,6 +233,47 @@ def test_blurred_images_in_the_dataset_are_blurrier(demo) -> None:
     assert t[t["blur_sigma"] > 0]["lap"].median() < 0.6 * t[t["blur_sigma"] == 0]["lap"].median()
 
 
+def _at_cnn_input(img: np.ndarray, side: int = 64) -> np.ndarray:
+    return cv2.resize(img, (side, side), interpolation=cv2.INTER_AREA)
+
+
+def _lesion_detail(img64: np.ndarray) -> float:
+    """Fine-structure energy in the centre of a 64 px image (variance of the Laplacian)."""
+    return _lap_var(np.ascontiguousarray(img64[16:48, 16:48]))
+
+
+def test_class_structures_survive_the_cnn_input_size_and_blur_erases_them() -> None:
+    """The fine structures are visible at 64 px; the demo's focus blur wipes them out."""
+    sigma = syn.BLUR_SIGMAS_256[0] * 128 / 256  # the mildest demo blur, at the demo's 128 px
+    for i, label in enumerate(("NV", "MEL", "BKL", "BCC", "AK", "SCC")):
+        sharp, blurred = [], []
+        for seed in range(4):
+            kw = {"lesion_seed": 300 + 10 * i + seed, "view_seed": seed, "size": 128}
+            sharp.append(_lesion_detail(_at_cnn_input(render_lesion(label, **kw))))
+            blurred.append(_lesion_detail(_at_cnn_input(
+                render_lesion(label, blur_sigma=sigma, **kw))))
+        assert np.median(blurred) < 0.25 * np.median(sharp), (label, sharp, blurred)
+
+
+def test_blurred_melanoma_and_naevus_look_alike() -> None:
+    """MEL and NV differ by structures, not by mean colour: blurred, little is left to tell."""
+    sigma = syn.BLUR_SIGMAS_256[-1] * 128 / 256
+
+    def lesion(label: str) -> tuple[np.ndarray, float]:
+        rgb, detail = [], []
+        for seed in range(10):
+            kw = {"lesion_seed": 500 + seed, "view_seed": seed, "size": 128}
+            img = render_lesion(label, blur_sigma=sigma, **kw).astype(float)
+            rgb.append(img[48:80, 48:80].reshape(-1, 3).mean(axis=0))
+            detail.append(_lesion_detail(_at_cnn_input(render_lesion(label, **kw))))
+        return np.mean(rgb, axis=0), float(np.median(detail))
+
+    (mel, mel_detail), (nv, nv_detail), (bcc, _) = (lesion(c) for c in ("MEL", "NV", "BCC"))
+    assert np.abs(mel - nv).max() < 12  # blurred: same mean colour within 12 grey levels
+    assert np.abs(nv - bcc).max() > 40  # brown and pink groups stay apart
+    assert min(mel_detail, nv_detail) > 50  # sharp: both carry fine structure at 64 px
+
+
 def test_images_look_like_lesions_on_skin_not_noise() -> None:
     size = 96
     c = slice(size // 2 - 8, size // 2 + 8)

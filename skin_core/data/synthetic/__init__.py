@@ -28,10 +28,14 @@ What is drawn (ground truth for the later analyses):
 * **Mislabeled** lesions (``mislabel_fraction`` of the images, whole lesions, disjoint from the
   ambiguous ones) get the label of a confusable class in the CSV. Only classes above the
   floor are flipped, so every class keeps its floor in the ground-truth CSV too.
-* **Blurred** images (``blur_fraction``, chosen per image) get a Gaussian blur with sigma
-  1.5, 2.5, 3.5 or 5 px at 256 px (scaled with ``size``).
+* **Blurred** images (``blur_fraction``, chosen per image) get a Gaussian focus blur with
+  sigma 8, 10, 12 or 14 px at 256 px (scaled with ``size``). The classes are told apart mainly
+  by fine structures (network, dots, globules, vessels, milia, scale) a few pixels across at
+  64 px, while their outline and colours overlap within the brown (NV, MEL, BKL, DF) and pink
+  (BCC, AK, SCC) groups; blur erases the structures, so a blurred lesion looks like a
+  featureless one that its neighbouring classes also produce (as in dermoscopy).
 * ``latent_difficulty = 1 - (1 - a) (1 - b) (1 - 0.5 (1 - s))`` with ``a = 2 * mix_weight``
-  (ambiguity, 0 when not ambiguous), ``b = blur_sigma_256 / 5`` and ``s`` the lesion's
+  (ambiguity, 0 when not ambiguous), ``b = blur_sigma_256 / 14`` and ``s`` the lesion's
   feature strength (how textbook-like its structures are, in [0.45, 1]).
 
 Every random choice comes from ``seed``: a plan (classes, lesions, metadata, flags and one
@@ -80,7 +84,7 @@ README_TXT = "README.txt"
 FIRST_ID = 9_000_000
 
 #: Blur levels (Gaussian sigma in pixels for a 256 px image; scaled linearly with ``size``).
-BLUR_SIGMAS_256: tuple[float, ...] = (1.5, 2.5, 3.5, 5.0)
+BLUR_SIGMAS_256: tuple[float, ...] = (8.0, 10.0, 12.0, 14.0)
 
 #: For each class, the classes it is most often confused with in dermoscopy; ambiguous lesions
 #: blend with one of them and flipped labels go to one of them.
@@ -102,9 +106,9 @@ TRUTH_COLUMNS: tuple[str, ...] = (
     "mix_weight", "feature_strength", "has_vignette", "lesion_seed", "view_seed",
 )
 
-_HAIR_P = 0.3     # per lesion (hairy body sites stay hairy)
+_HAIR_P = 0.1     # per lesion (hairy body sites stay hairy)
 _RULER_P = 0.1    # per image
-_VIGNETTE_P = 0.4  # per image
+_VIGNETTE_P = 0.15 # per image
 
 
 @dataclass(frozen=True)

@@ -88,62 +88,64 @@ class ClassLook:
 #: and globules; BCC and SCC both show vessels; AK and SCC both scale) so that the class signal
 #: is real but overlapping, as in dermoscopy.
 LOOKS: dict[str, ClassLook] = {
+    # brown lesions (NV, MEL, BKL, DF) share size, outline and colours to a large extent and
+    # differ mostly by their fine structures; so do the pink ones (BCC, AK, SCC)
     "NV": ClassLook(
-        radius=(0.14, 0.30), aspect=(0.75, 1.0), irregularity=(0.02, 0.07), edge=(0.10, 0.35),
-        colours=(("light_brown", 3.0), ("mid_brown", 2.0), ("tan", 1.5), ("dark_brown", 0.5)),
+        radius=(0.14, 0.30), aspect=(0.7, 1.0), irregularity=(0.03, 0.10), edge=(0.08, 0.3),
+        colours=(("light_brown", 3.0), ("mid_brown", 2.0), ("tan", 1.5), ("dark_brown", 0.7)),
         n_colours=(1, 2), opacity=(0.55, 0.9),
-        features={"network": 0.75, "globules": 0.45, "black_dots": 0.05, "dotted": 0.05,
-                  "comedo": 0.05, "atypical_net": 0.08, "streaks": 0.04},
+        features={"network": 0.95, "globules": 0.15, "black_dots": 0.02, "dotted": 0.02,
+                  "comedo": 0.02, "atypical_net": 0.03, "streaks": 0.02},
     ),
     "MEL": ClassLook(
-        radius=(0.22, 0.40), aspect=(0.6, 0.95), irregularity=(0.07, 0.18), edge=(0.04, 0.25),
-        colours=(("mid_brown", 2.0), ("dark_brown", 2.0), ("light_brown", 1.5), ("black", 1.0),
-                 ("blue_grey", 0.6), ("red", 0.08)),
-        n_colours=(2, 4), opacity=(0.65, 0.95),
-        features={"network": 0.45, "atypical_net": 0.55, "globules": 0.30, "black_dots": 0.5,
-                  "streaks": 0.35, "veil": 0.5, "regression": 0.3, "dotted": 0.15,
-                  "milia": 0.05},
+        radius=(0.18, 0.34), aspect=(0.65, 0.95), irregularity=(0.05, 0.14), edge=(0.05, 0.25),
+        colours=(("mid_brown", 2.0), ("dark_brown", 2.0), ("light_brown", 1.5), ("black", 0.6),
+                 ("blue_grey", 0.4), ("red", 0.05)),
+        n_colours=(1, 3), opacity=(0.6, 0.92),
+        features={"network": 0.05, "atypical_net": 0.6, "globules": 0.1, "black_dots": 0.95,
+                  "streaks": 0.6, "veil": 0.35, "regression": 0.4, "dotted": 0.08,
+                  "milia": 0.02},
     ),
     "BCC": ClassLook(
-        radius=(0.15, 0.30), aspect=(0.65, 1.0), irregularity=(0.04, 0.12), edge=(0.10, 0.30),
+        radius=(0.15, 0.30), aspect=(0.65, 1.0), irregularity=(0.04, 0.12), edge=(0.10, 0.35),
         colours=(("pearly", 3.0), ("pink", 2.0), ("light_brown", 0.4)),
         n_colours=(1, 2), opacity=(0.45, 0.8),
-        features={"arborizing": 0.85, "nests": 0.6, "ulcer": 0.3, "dotted": 0.1,
-                  "erythema": 0.2, "globules": 0.15, "veil": 0.05},
+        features={"arborizing": 0.95, "nests": 0.55, "ulcer": 0.2, "dotted": 0.05,
+                  "erythema": 0.3, "globules": 0.1, "veil": 0.03},
     ),
     "AK": ClassLook(
-        radius=(0.22, 0.38), aspect=(0.6, 1.0), irregularity=(0.06, 0.14), edge=(0.35, 0.6),
-        colours=(("pink", 3.0), ("red", 1.0), ("light_brown", 0.8)),
-        n_colours=(1, 2), opacity=(0.35, 0.65),
-        features={"erythema": 0.9, "scale": 0.75, "dotted": 0.3, "comedo": 0.35,
-                  "network": 0.1, "keratin": 0.1},
+        radius=(0.18, 0.34), aspect=(0.6, 1.0), irregularity=(0.05, 0.13), edge=(0.2, 0.5),
+        colours=(("pink", 3.0), ("red", 1.0), ("light_brown", 0.6)),
+        n_colours=(1, 2), opacity=(0.5, 0.8),
+        features={"erythema": 0.95, "scale": 0.95, "dotted": 0.1, "network": 0.03,
+                  "keratin": 0.05},
     ),
     "BKL": ClassLook(
-        radius=(0.18, 0.36), aspect=(0.6, 1.0), irregularity=(0.06, 0.14), edge=(0.03, 0.15),
-        colours=(("tan", 2.0), ("light_brown", 2.0), ("mid_brown", 1.5), ("dark_brown", 0.5)),
-        n_colours=(1, 3), opacity=(0.6, 0.9),
-        features={"milia": 0.7, "comedo": 0.6, "network": 0.2, "scale": 0.2,
-                  "globules": 0.1, "regression": 0.1, "dotted": 0.05},
+        radius=(0.14, 0.30), aspect=(0.7, 1.0), irregularity=(0.03, 0.10), edge=(0.08, 0.3),
+        colours=(("light_brown", 3.0), ("mid_brown", 2.0), ("tan", 1.5), ("dark_brown", 0.7)),
+        n_colours=(1, 2), opacity=(0.55, 0.9),
+        features={"milia": 0.95, "comedo": 0.7, "network": 0.03, "scale": 0.15,
+                  "globules": 0.05, "regression": 0.05, "dotted": 0.03},
     ),
     "DF": ClassLook(
-        radius=(0.10, 0.20), aspect=(0.75, 1.0), irregularity=(0.02, 0.06), edge=(0.25, 0.5),
-        colours=(("light_brown", 3.0), ("tan", 1.5), ("mid_brown", 1.0)),
-        n_colours=(1, 1), opacity=(0.45, 0.75),
-        features={"central_white": 0.9, "network": 0.7, "erythema": 0.25, "dotted": 0.1,
+        radius=(0.12, 0.28), aspect=(0.7, 1.0), irregularity=(0.03, 0.10), edge=(0.08, 0.3),
+        colours=(("light_brown", 3.0), ("mid_brown", 2.0), ("tan", 1.5), ("dark_brown", 0.7)),
+        n_colours=(1, 2), opacity=(0.55, 0.9),
+        features={"central_white": 0.95, "network": 0.4, "erythema": 0.2, "dotted": 0.05,
                   "globules": 0.05},
     ),
     "VASC": ClassLook(
-        radius=(0.07, 0.17), aspect=(0.7, 1.0), irregularity=(0.03, 0.09), edge=(0.03, 0.12),
+        radius=(0.08, 0.18), aspect=(0.7, 1.0), irregularity=(0.03, 0.09), edge=(0.03, 0.12),
         colours=(("red", 2.0), ("dark_red", 2.0), ("purple", 1.5)),
         n_colours=(1, 2), opacity=(0.8, 1.0),
-        features={"lacunae": 0.95, "erythema": 0.2, "dotted": 0.05, "veil": 0.05},
+        features={"lacunae": 0.95, "erythema": 0.2, "dotted": 0.05, "veil": 0.03},
     ),
     "SCC": ClassLook(
         radius=(0.15, 0.32), aspect=(0.65, 1.0), irregularity=(0.05, 0.12), edge=(0.15, 0.4),
-        colours=(("pink", 2.5), ("pearly", 1.5), ("red", 0.8)),
+        colours=(("pink", 2.5), ("pearly", 1.5), ("red", 0.6)),
         n_colours=(1, 2), opacity=(0.45, 0.75),
-        features={"keratin": 0.8, "dotted": 0.7, "scale": 0.5, "erythema": 0.5, "ulcer": 0.3,
-                  "arborizing": 0.1},
+        features={"keratin": 0.9, "dotted": 0.95, "scale": 0.15, "erythema": 0.3,
+                  "ulcer": 0.25, "arborizing": 0.05},
     ),
 }
 assert set(LOOKS) == set(ISIC2019_CLASSES)
@@ -219,7 +221,7 @@ def _mixed_look(label: str, mix_with: str | None, mix_weight: float,
     if mix_with is not None and mix_weight > 0:
         weights = {label: 1.0 - mix_weight, mix_with: mix_weight}
     drift = str(rng.choice([c for c in ISIC2019_CLASSES if c != label]))
-    d = float(rng.uniform(0.0, 0.12))
+    d = float(rng.uniform(0.0, 0.05))
     weights = {c: w * (1.0 - d) for c, w in weights.items()}
     weights[drift] = weights.get(drift, 0.0) + d
 
@@ -249,7 +251,7 @@ def _mixed_look(label: str, mix_with: str | None, mix_weight: float,
 def _network(img, rng, inside, mask, strength, atypical):
     size = img.shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    period = size * float(rng.uniform(0.022, 0.034)) * (1.0 + 0.2 * atypical)
+    period = size * float(rng.uniform(0.05, 0.07)) * (1.0 + 0.2 * atypical)
     k = 2.0 * math.pi / period
     ang = float(rng.uniform(0, math.pi))
     warp_u = (0.8 + 0.8 * atypical) * period * _fbm(rng, size, (6, 14))
@@ -264,9 +266,9 @@ def _network(img, rng, inside, mask, strength, atypical):
     if atypical > 0.3:  # broken, patchy network
         lines *= _smoothstep((_noise(rng, size, 7) + 0.3) * 3.0)
     # a benign network fades out at the periphery and covers only part of the lesion
-    fade = _smoothstep(inside * 2.5) if atypical < 0.3 else np.float32(1.0)
-    cover = _smoothstep((_noise(rng, size, 3) + 0.7) * 2.0)
-    alpha = (0.3 + 0.15 * atypical) * strength * lines * mask * fade * cover
+    fade = _smoothstep(inside * 4.0) if atypical < 0.3 else np.float32(1.0)
+    cover = _smoothstep((_noise(rng, size, 3) + 1.0) * 2.0)
+    alpha = (0.75 + 0.15 * atypical) * strength * lines * mask * fade * cover
     img *= 1.0 - 0.55 * alpha[..., None]
     _blend(img, PALETTE["dark_brown"], 0.3 * alpha)
 
@@ -290,12 +292,12 @@ def _dots(img, rng, centre, r0, mask_fn, count, radius, colour, alpha, periphera
 def _vessels_arborizing(img, rng, centre, r0, mask, strength):
     size = img.shape[0]
     layer = np.zeros((size, size), np.float32)
-    n_trunks = int(rng.integers(2, 6))
+    n_trunks = int(rng.integers(4, 8))
     for _ in range(n_trunks):
         t = rng.uniform(0, 2 * math.pi)
         start = (centre[0] + 0.8 * r0 * math.cos(t), centre[1] + 0.8 * r0 * math.sin(t))
         heading = t + math.pi + rng.uniform(-0.6, 0.6)
-        stack = [(start, heading, max(1.0, size / 110.0), 0)]
+        stack = [(start, heading, max(1.0, size / 45.0), 0)]
         while stack:
             (x, y), h, w, depth = stack.pop()
             pts = [(x, y)]
@@ -313,7 +315,7 @@ def _vessels_arborizing(img, rng, centre, r0, mask, strength):
                     if rng.random() < 0.75:
                         stack.append(((x, y), h + sign * rng.uniform(0.4, 1.0), w * 0.65,
                                       depth + 1))
-    alpha = np.clip(layer, 0, 1) * mask * (0.6 + 0.4 * strength)
+    alpha = np.clip(layer, 0, 1) * mask * (0.8 + 0.2 * strength)
     _blend(img, PALETTE["red"], alpha)
 
 
@@ -415,7 +417,7 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
         p = feats[name]
         if p <= 0 or rng.random() >= p:
             return 0.0
-        return float(np.clip(strength * rng.uniform(0.6, 1.2), 0.2, 1.0))
+        return float(np.clip(strength * rng.uniform(0.8, 1.2), 0.35, 1.0))
 
     s_ery = present("erythema")
     if s_ery:
@@ -459,19 +461,19 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
         _network(img, rng, np.clip(inside, 0, 1), mask, max(s, s_at),
                  atypical=s_at / max(s, s_at))
     if s := present("globules"):
-        _dots(img, rng, centre, r0, mask, int(4 + 18 * s), (0.006, 0.014),
-              PALETTE["dark_brown"], 0.8 * s, soft=True)
+        _dots(img, rng, centre, r0, mask, int(12 + 16 * s), (0.014, 0.024),
+              PALETTE["dark_brown"], 0.85 * s, soft=True)
     if s := present("black_dots"):
-        _dots(img, rng, centre, r0, mask, int(6 + 20 * s), (0.003, 0.008), PALETTE["black"],
+        _dots(img, rng, centre, r0, mask, int(16 + 20 * s), (0.01, 0.016), PALETTE["black"],
               0.9, peripheral=True)
     if s := present("streaks"):
         layer = np.zeros((size, size), np.float32)
         t0 = rng.uniform(0, 2 * math.pi)
         span = rng.uniform(0.8, 2 * math.pi)  # streaks occupy part of the border
-        for _ in range(int(6 + 16 * s)):
+        for _ in range(int(5 + 10 * s)):
             t = t0 + rng.uniform(0, span)
-            ln = rng.uniform(1.04, 1.18)
-            half = rng.uniform(0.012, 0.025)
+            ln = rng.uniform(1.08, 1.3)
+            half = rng.uniform(0.03, 0.05)
             tri = np.array([
                 (cx + 0.8 * r0 * math.cos(t - half), cy + 0.8 * r0 * math.sin(t - half)),
                 (cx + 0.8 * r0 * math.cos(t + half), cy + 0.8 * r0 * math.sin(t + half)),
@@ -493,7 +495,7 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
         c = (cx + 0.4 * r0 * math.cos(t), cy + 0.4 * r0 * math.sin(t))
         reg = _blob(rng, size, c, r0 * rng.uniform(0.25, 0.45)) * mask
         _blend(img, PALETTE["white"] * 0.92, 0.7 * s * reg)
-        _dots(img, rng, c, r0 * 0.35, reg, int(10 + 25 * s), (0.002, 0.004),
+        _dots(img, rng, c, r0 * 0.35, reg, int(8 + 14 * s), (0.006, 0.01),
               PALETTE["blue_grey"], 0.9)
     if s := present("nests"):
         layer = np.zeros((size, size), np.float32)
@@ -507,8 +509,8 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
         layer = cv2.GaussianBlur(layer, (0, 0), max(0.8, size / 180))
         _blend(img, PALETTE["blue_grey"], 0.85 * s * layer * mask)
     if s := present("central_white"):
-        cw = _blob(rng, size, (cx, cy), r0 * rng.uniform(0.3, 0.55), cells=6) * mask
-        _blend(img, PALETTE["white"], 0.85 * s * cw)
+        cw = _blob(rng, size, (cx, cy), r0 * rng.uniform(0.4, 0.6), cells=6) * mask
+        _blend(img, PALETTE["white"], min(1.0, 0.6 + 0.4 * s) * cw)
     if s := present("lacunae"):
         _lacunae(img, rng, centre, r0, mask)
     if s := present("keratin"):
@@ -516,24 +518,24 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
         tex = 1.0 + 0.1 * _noise(rng, size, size // 10)[..., None]
         _blend(img, PALETTE["yellow_white"] * tex, 0.85 * s * ker)
     if s := present("scale"):
-        flakes = _smoothstep((_fbm(rng, size, (size // 16, size // 8)) - 0.15) * 3.0)
-        _blend(img, PALETTE["white"], 0.75 * s * flakes * _smoothstep(inside * 2 + 0.6))
+        flakes = _smoothstep((_fbm(rng, size, (size // 20, size // 10)) - 0.05) * 3.0)
+        _blend(img, PALETTE["white"], 0.9 * s * flakes * _smoothstep(inside * 2 + 0.6))
     if s := present("ulcer"):
         t = rng.uniform(0, 2 * math.pi)
         c = (cx + 0.3 * r0 * math.cos(t), cy + 0.3 * r0 * math.sin(t))
         ul = _blob(rng, size, c, r0 * rng.uniform(0.15, 0.3), cells=8) * mask
         _blend(img, PALETTE["dark_red"] * 0.8, 0.85 * s * ul)
     if s := present("milia"):
-        _dots(img, rng, centre, r0, mask, int(3 + 10 * s), (0.006, 0.015),
-              PALETTE["yellow_white"] * 1.04, 0.9, soft=True)
+        _dots(img, rng, centre, r0, mask, int(15 + 18 * s), (0.014, 0.024),
+              PALETTE["yellow_white"] * 1.04, 1.0, soft=True)
     if s := present("comedo"):
-        _dots(img, rng, centre, r0, mask, int(3 + 10 * s), (0.005, 0.012),
-              PALETTE["dark_brown"] * 1.2, 0.8)
+        _dots(img, rng, centre, r0, mask, int(10 + 14 * s), (0.012, 0.02),
+              PALETTE["dark_brown"] * 0.7, 0.9)
     if s := present("arborizing"):
         _vessels_arborizing(img, rng, centre, r0, mask, s)
     if s := present("dotted"):
-        n = int(10 + 40 * s)
-        _dots(img, rng, centre, r0, mask, n, (0.0025, 0.005), PALETTE["red"], 0.9)
+        n = int(25 + 30 * s)
+        _dots(img, rng, centre, r0, mask, n, (0.009, 0.013), PALETTE["red"], 1.0)
     # surface micro-texture (pores, skin relief) over skin and lesion: what focus blur erases
     micro = cv2.GaussianBlur(rng.standard_normal((size, size), dtype=np.float32), (0, 0),
                              max(0.5, 0.7 * size / 256))
