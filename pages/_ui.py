@@ -23,10 +23,17 @@ def active():
 
 @st.cache_resource(show_spinner="Loading the model bundle…", max_entries=2)
 def get_predictor(bundle: str, stamp: float):
-    """(Predictor, load time stamp): loaded once per process (``stamp``: bundle.json mtime)."""
+    """(Predictor, load time stamp): loaded once per process (``stamp``: bundle.json mtime).
+
+    On the GPU when there is one (the bundle's ensemble with AMP), the CPU otherwise; one
+    warm-up prediction here pays the networks' first-call costs during loading, not after
+    the first upload.
+    """
     from skin_core.predict import Predictor
 
-    return Predictor(bundle, device="cpu"), time.strftime("%H:%M:%S")
+    predictor = Predictor(bundle)
+    predictor.warm_up()
+    return predictor, time.strftime("%H:%M:%S")
 
 
 def predictor_for(bundle: Path):

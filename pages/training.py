@@ -23,6 +23,7 @@ from skin_core.app_support import (
     run_progress,
     study_steps,
     training_config,
+    training_devices,
 )
 from skin_core.errors import SkinCoreError
 from skin_core.jobs import cancel_job, job_status, list_jobs
@@ -133,7 +134,7 @@ with st.form("launch"):
     folds = c[0].number_input("Folds", 2, 10, 5)
     epochs = c[1].number_input("Epochs", 1, 200, 6)
     img_size = c[2].selectbox("Image size", [32, 64, 96, 128, 160, 224], index=1)
-    device = c[3].selectbox("Device", ["cpu", "cuda"])
+    device = c[3].selectbox("Device", training_devices())
     backend = c[4].selectbox("Backend", ["local", "ray"])
     fast = st.checkbox("Quick analyses (fewer permutations and bootstrap resamples)",
                        value=True)

@@ -682,6 +682,13 @@ def training_config(*, archs: Sequence[str], folds: int, epochs: int, img_size: 
     return load_study_config(None, overrides)
 
 
+def training_devices() -> list[str]:
+    """Devices for the Training page, the best first: ``cuda`` first when a GPU is visible."""
+    import torch
+
+    return ["cuda", "cpu"] if torch.cuda.is_available() else ["cpu", "cuda"]
+
+
 def new_study_name(ws: Any, prefix: str = "run") -> str:
     """A fresh study name ``PREFIX-YYYYmmdd-HHMMSS`` not yet used under ``ws.studies``."""
     base = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

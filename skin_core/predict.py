@@ -520,6 +520,28 @@ class Predictor:
         return self._predict_prepared([item], [(age, sex, site)], heatmap=heatmap,
                                       tta=self.tta if tta is None else tta)[0]
 
+    def warm_up(self, *, heatmap: bool = True) -> float:
+        """Predict one synthetic image and discard it; returns the seconds it took.
+
+        The first forward pass of each network pays one-time costs (oneDNN picks its kernels,
+        lazy imports, the first Grad-CAM graph), seconds on a CPU for an ensemble. A server
+        calls this right after loading (the app does, inside its cached loader), so the
+        first clinician's upload is as fast as every later one.
+        """
+        import io
+
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        side = 4 * MIN_SIDE
+        pixels = rng.integers(64, 192, (side, side * 4 // 3, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+        t0 = time.perf_counter()
+        self.predict(buf.getvalue(), age=50, sex="female", site="anterior torso",
+                     heatmap=heatmap, name="warm-up image")
+        return time.perf_counter() - t0
+
     def predict_batch(self, images: Sequence[Any], *, metadata: Sequence[Any] | None = None,
                       heatmap: bool = False, tta: bool | None = None,
                       names: Sequence[str] | None = None) -> list[PredictionResult]:

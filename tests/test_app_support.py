@@ -221,3 +221,14 @@ def test_launch_refuses_bad_name_and_existing_study(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="already exists"):
         aps.launch_training(ws, name="taken", dataset="isic2019:/x", config=cfg)
     assert aps.new_study_name(ws).startswith("run-")
+
+
+def test_training_devices_put_the_gpu_first_when_there_is_one(monkeypatch):
+    import torch
+
+    from skin_core.app_support import training_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training_devices() == ["cuda", "cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_devices() == ["cpu", "cuda"]

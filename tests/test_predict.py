@@ -455,6 +455,15 @@ def test_decoding_threads_fill_the_same_inputs_as_training_preprocessing(trained
                                       to_float(torch.from_numpy(odd), key[2], key[3]).numpy())
 
 
+def test_warm_up_predicts_a_synthetic_image_and_changes_nothing(trained, predictor) -> None:
+    image = demo_images(trained, 1)[0]
+    before = predictor.predict(image, heatmap=True)
+    assert predictor.warm_up() > 0
+    after = predictor.predict(image, heatmap=True)
+    assert before.probs == after.probs and before.meta_probs == after.meta_probs
+    np.testing.assert_array_equal(before.heatmap, after.heatmap)
+
+
 def test_quality_equals_the_studys_quality_csv_for_the_same_file(trained, predictor) -> None:
     """Upload-time quality uses the study's own decode and measures: identical numbers."""
     from skin_core.analysis.quality import compute_quality
