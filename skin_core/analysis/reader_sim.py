@@ -20,6 +20,13 @@ read those images:
 
 Everything is drawn from ``numpy.random.default_rng(seed)`` over images sorted by id, so the
 result depends only on the inputs and the seed.
+
+The readers never see any model's output: which images they get wrong depends only on the
+generator's truth. Calibration of the defaults (8 readers on all 2,000 images of the embedded
+demo, seed 0): sharp, unambiguous, correctly labelled images are read correctly about 77 % of
+the time (the published study: 70 % on control images), blurred ones about 25 %, ambiguous
+ones about 23 % and mislabeled ones about 8 % (the published study: 31 % on the images every
+CNN got wrong). See docs/readers.md.
 """
 
 from __future__ import annotations
