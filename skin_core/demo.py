@@ -5,6 +5,9 @@
 trained from scratch on the CPU; simulated readers) into ``studies/demo``, and writes the
 bundle to ``models/demo``. Everything is deterministic for the seeds below and resumable:
 a second call finds every step up to date and returns at once.
+
+The dataset is generated only when ``data/demo`` holds none: a demo dataset written by an
+older version of the generator is kept (delete ``data/demo`` to redraw it).
 """
 
 from __future__ import annotations

@@ -214,7 +214,7 @@ def _mixed_look(label: str, mix_with: str | None, mix_weight: float,
                 rng: np.random.Generator) -> dict:
     """Numeric look of one lesion: class ranges interpolated, structure affinities blended.
 
-    Every lesion also borrows a little (0-12 %) of a random other class, so that classes
+    Every lesion also borrows a little (0-5 %) of a random other class, so that classes
     overlap and a classifier cannot be perfect even on typical images.
     """
     weights = {label: 1.0}
