@@ -8,6 +8,7 @@ Usage::
     .venv/bin/python bench/bench_synthetic.py --skip-full --repeats 0 --cnn   # small CNN
     .venv/bin/python bench/bench_synthetic.py --skip-full --repeats 0 \
         --contact-sheet docs/img/demo-contact-sheet.png           # redraw the docs picture
+    .venv/bin/python bench/bench_synthetic.py --skip-full --repeats 0 --demo   # skin-core demo
 
 Reports, in one run on this machine:
 
@@ -21,6 +22,12 @@ Reports, in one run on this machine:
   CPU time / 2, the wall time on two otherwise idle cores.
 * ``cnn_learnability`` (``--cnn``): a small CNN trained from scratch at 64 px on 1,000 demo
   images (about 2 CPU-minutes), balanced accuracy on held-out lesions.
+* ``demo`` (``--demo``): the whole embedded demo (``skin_core.demo.build_demo``, what
+  ``skin-core demo`` runs) from scratch in a temporary folder: wall time (issue 8: under
+  5 minutes on 2 CPU cores), CPU time of all processes, seconds per step, the load average
+  before and after (on a shared machine the wall time is only meaningful with the load), and
+  the phenomena the demo must show (members' balanced accuracy, difficult images, enrichment
+  of the generator's flags, ``blur_score`` difference, reader accuracy by group).
 * ``learnability`` (``--learn``): balanced accuracy of a multinomial logistic regression on
   16x16 RGB pixels of 600 demo images, 5-fold cross-validation grouped by lesion. It must be
   clearly above chance (1/8 = 0.125) and well below 1.
@@ -220,6 +227,45 @@ def contact_sheet(path: Path, tmp: Path, *, seed: int = 0, per_class: int = 3,
     return {"path": str(path), "bytes": path.stat().st_size, "tiles": len(tiles)}
 
 
+def demo_run(tmp: Path) -> dict[str, object]:
+    """Build the embedded demo from scratch in ``tmp`` and report its time and phenomena."""
+    from skin_core.demo import build_demo
+
+    root = tmp / "demo_root"
+    shutil.rmtree(root, ignore_errors=True)
+    load0 = os.getloadavg()
+    cpu0 = _cpu_seconds()
+    res = build_demo(root)
+    cpu = _cpu_seconds() - cpu0
+    study = Path(res["study"])
+
+    def load(rel: str) -> dict:
+        return json.loads((study / rel).read_text(encoding="utf-8"))
+
+    sig, truth = load("difficulty/significance.json"), load("difficulty/ground_truth_check.json")
+    blur = load("difficulty/quality_vs_difficulty.json")["measures"]["blur_score"]
+    readers = load("readers/readers.json")
+    per_reader = [t for t in readers["tests"] if t["name"].startswith("per-reader")]
+    return {
+        "seconds": round(float(res["seconds"]), 1),
+        "cpu_seconds": round(cpu, 1),
+        "load_average_before": [round(v, 2) for v in load0],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "steps": {s["name"]: s["seconds"] for s in res["steps"]},
+        "balanced_accuracy": {a: round(m["balanced_accuracy"], 3)
+                              for a, m in load("run/metrics.json").items()},
+        "difficult": sig["observed_all_wrong"], "expected": round(sig["expected_all_wrong"], 1),
+        "log10_p_exact": round(sig["log10_p_value_exact"], 1),
+        "enrichment": {k: round(truth[k]["enrichment"], 2)
+                       for k in ("is_ambiguous", "is_mislabeled", "is_blurred")},
+        "blur_score_cliffs_delta": round(blur["cliffs_delta"]["effect"], 3),
+        "blur_score_mann_whitney_p": blur["mann_whitney"]["p_value"],
+        "reader_accuracy": {g: readers["groups"][g]["pooled_accuracy"]
+                            for g in ("difficult", "control")},
+        "per_reader_p": {t["name"]: t["p_value"] for t in per_reader},
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200, help="images per ratio run (default 200)")
@@ -227,6 +273,8 @@ def main() -> int:
     ap.add_argument("--skip-full", action="store_true", help="skip the 2,000-image run")
     ap.add_argument("--learn", action="store_true", help="add the learnability check")
     ap.add_argument("--cnn", action="store_true", help="add the small-CNN learnability check")
+    ap.add_argument("--demo", action="store_true",
+                    help="time the whole embedded demo (skin-core demo) and report its phenomena")
     ap.add_argument("--contact-sheet", type=Path, metavar="PNG",
                     help="also write a contact sheet of 24 demo images to PNG")
     args = ap.parse_args()
@@ -267,6 +315,8 @@ def main() -> int:
             result["cnn_learnability"] = cnn_learnability(tmp)
         if args.contact_sheet:
             result["contact_sheet"] = contact_sheet(args.contact_sheet, tmp)
+        if args.demo:
+            result["demo"] = demo_run(tmp)
     print(json.dumps(result, indent=2))
     return 0
 
