@@ -171,6 +171,16 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
                          "Cliff's delta": f"{_fmt(cd.get('effect'))} {_ci(cd.get('ci'))}",
                          "Mann-Whitney p": _fmt(mw.get("p_value"))})
         doc.table(rows)
+        logit = qvd.get("logistic") or {}
+        if logit.get("odds_ratios"):
+            # classes differ in texture and in error rates: the class-adjusted model is the
+            # fair answer to "is image quality behind the errors?"
+            doc.para("Adjusted for the class (logistic model of difficult vs control on "
+                     "standardised measures, class as a covariate; odds ratio per standard "
+                     "deviation):")
+            doc.table([{"measure": m, "odds ratio": f"{_fmt(r.get('effect'))} {_ci(r.get('ci'))}",
+                        "p": _fmt(r.get("p_value"))}
+                       for m, r in logit["odds_ratios"].items()])
         q = pd.read_csv(quality_path, dtype={"image_id": str})
         merged = q.merge(diff[["image_id", "group"]], on="image_id")
         merged = merged[merged["group"].isin(["difficult", "control"])]

@@ -92,6 +92,7 @@ def test_every_output_exists_and_agrees(ham_study) -> None:
     assert 0 < meta["balanced_accuracy"] <= 1 and "mean_ensemble" in json.dumps(meta)
     report = (out / "report.md").read_text()
     assert "800 images" in report and "## Meta-classifier" in report
+    assert "Adjusted for the class" in report  # the class-adjusted quality model
 
 
 def test_bundle_predicts_a_real_image_and_the_study_resumes(ham_study) -> None:
