@@ -49,7 +49,7 @@ def demo(tmp_path_factory) -> dict:
 def test_cnn_members_learn_the_classes(demo) -> None:
     bacc = {arch: m["balanced_accuracy"] for arch, m in demo["metrics"].items()}
     assert len(bacc) == 3
-    # chance is 1/8; tiny CPU CNNs trained for 6 epochs from scratch (docs/demo-data.md)
+    # chance is 1/8; tiny CPU CNNs trained for 8 epochs from scratch (docs/demo-data.md)
     assert min(bacc.values()) > 0.3, bacc
     assert max(bacc.values()) > 0.45, bacc
 
