@@ -59,6 +59,17 @@ class MetaFeatureWarning(UserWarning):
     """Metadata values outside the vocabulary were treated as ``unknown``."""
 
 
+def _warn_unknown(source: str, unknown_values: dict[str, list[str]]) -> None:
+    """One warning naming the metadata values outside the vocabulary (treated as unknown)."""
+    if unknown_values:
+        desc = "; ".join(f"{c}: {v[:5]}" for c, v in unknown_values.items())
+        warnings.warn(
+            f"{source}: values outside the vocabulary were treated as 'unknown' ({desc}).",
+            MetaFeatureWarning,
+            stacklevel=3,
+        )
+
+
 @dataclass(frozen=True)
 class WideOOF:
     """OOF predictions pivoted to one row per image.
@@ -463,13 +474,7 @@ def build_features(
             columns.append(col)
             if unknown:
                 unknown_values[col] = unknown
-        if unknown_values:
-            desc = "; ".join(f"{c}: {v[:5]}" for c, v in unknown_values.items())
-            warnings.warn(
-                f"{source}: values outside the vocabulary were treated as 'unknown' ({desc}).",
-                MetaFeatureWarning,
-                stacklevel=2,
-            )
+        _warn_unknown(source, unknown_values)
     quality_columns: tuple[str, ...] = ()
     if spec is not None:
         quality_columns = spec.quality_columns
@@ -765,13 +770,7 @@ def build_feature_array(
             cols[col], unknown = category_codes(list(raw), col)
             if unknown:
                 unknown_values[col] = unknown
-        if unknown_values:
-            desc = "; ".join(f"{c}: {v[:5]}" for c, v in unknown_values.items())
-            warnings.warn(
-                f"{source}: values outside the vocabulary were treated as 'unknown' ({desc}).",
-                MetaFeatureWarning,
-                stacklevel=2,
-            )
+        _warn_unknown(source, unknown_values)
     if spec.quality_columns:
         if quality is None:
             raise DataError(

@@ -69,33 +69,12 @@ def ensemble_features(stacked: np.ndarray, classes: Sequence[str]) -> pd.DataFra
         divergence (nats; 0 for one model) and the standard deviation across models of the
         probability each gives to the ensemble's class.
     """
-    stacked = np.asarray(stacked, dtype=float)
-    m, n, k = stacked.shape
-    mean = stacked.mean(axis=0)
-    srt = np.sort(mean, axis=1)
-    pred = mean.argmax(axis=1)
-    model_preds = stacked.argmax(axis=2)
-    if m > 1:
-        js = np.zeros(n)
-        pairs = 0
-        for a in range(m):
-            for b in range(a + 1, m):
-                mid = 0.5 * (stacked[a] + stacked[b])
-                js += _entropy(mid) - 0.5 * (_entropy(stacked[a]) + _entropy(stacked[b]))
-                pairs += 1
-        js /= pairs
-    else:
-        js = np.zeros(n)
-    top_probs = stacked[:, np.arange(n), pred]
-    return pd.DataFrame({
-        "ens_entropy": _entropy(mean),
-        "ens_max_prob": srt[:, -1],
-        "ens_margin": srt[:, -1] - (srt[:, -2] if k > 1 else 0.0),
-        "ens_pred": pd.Categorical.from_codes(pred, categories=list(classes)),
-        "disagree_frac": (model_preds != pred[None, :]).mean(axis=0),
-        "mean_pairwise_js": np.maximum(js, 0.0),
-        "top_prob_std": top_probs.std(axis=0),
-    })
+    from skin_core.meta.features import ensemble_feature_arrays  # one implementation for both
+
+    cols = ensemble_feature_arrays(stacked)
+    codes = cols["ens_pred"].astype(np.int64)
+    cols["ens_pred"] = pd.Categorical.from_codes(codes, categories=list(classes))
+    return pd.DataFrame(cols)
 
 
 def referral_features(
