@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# One torch/OpenMP thread per test process: CI runs `pytest -n 2` on 2 cores, and 2 threads per
+# worker oversubscribe them; torch's OpenMP threads then spin at barriers and training tests
+# (the full demo) slow down by an order of magnitude (docs/demo-data.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _env_dir(var: str) -> Path | None:
