@@ -850,11 +850,14 @@ class Predictor:
 
     def _batch_percentiles(self, qs: list[dict[str, float]]) -> list[dict[str, float]]:
         """Per image, measure -> percentile among the training images (the measures it has)."""
+        from skin_core.analysis.quality import percentiles_from_table
+
         out: list[dict[str, float]] = [{} for _ in qs]
-        for m, (uq, ulv) in self._percentile_tables.items():
+        for m, table in self._percentile_tables.items():
             rows = [j for j, q in enumerate(qs) if m in q]
             if rows:
-                values = _percentiles(np.array([float(qs[j][m]) for j in rows]), uq, ulv)
+                values = percentiles_from_table(np.array([float(qs[j][m]) for j in rows]),
+                                                table)
                 for j, v in zip(rows, values.tolist(), strict=True):
                     out[j][m] = v
         return out
@@ -882,29 +885,12 @@ class Predictor:
 
 def _percentile_tables(reference: Mapping[str, Any] | None
                        ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per measure of a quality reference, the interpolation table of
-    :func:`skin_core.analysis.quality.percentile_of` (distinct quantiles, mean level of tied
-    quantiles), built once instead of on every call (it was most of the assembly's cost)."""
-    tables = {}
-    for m, entry in ((reference or {}).get("measures") or {}).items():
-        q = np.asarray(entry["quantiles"], dtype=float)
-        lv = np.asarray(entry["levels"], dtype=float)
-        uq, inverse = np.unique(q, return_inverse=True)
-        tables[m] = (uq, np.bincount(inverse, weights=lv) / np.bincount(inverse))
-    return tables
+    """Per measure of a quality reference, its :func:`~skin_core.analysis.quality.
+    percentile_table`, built once at load instead of on every lookup."""
+    from skin_core.analysis.quality import percentile_table
 
-
-def _percentiles(values: np.ndarray, uq: np.ndarray, ulv: np.ndarray) -> np.ndarray:
-    """``percentile_of(v, reference, measure)`` of every ``v`` in ``values`` from the measure's
-    table (NaN for non-finite values)."""
-    out = np.full(len(values), np.nan)
-    ok = np.isfinite(values)
-    v = values[ok]
-    if len(uq) == 1:
-        out[ok] = np.where(v < uq[0], 0.0, np.where(v > uq[0], 100.0, 50.0))
-    else:
-        out[ok] = np.interp(v, uq, ulv, left=0.0, right=100.0)
-    return out
+    return {m: percentile_table(entry)
+            for m, entry in ((reference or {}).get("measures") or {}).items()}
 
 
 def _normalize_any(m: Any) -> tuple[dict[str, Any], list[str]]:

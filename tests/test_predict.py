@@ -478,8 +478,8 @@ def test_quality_equals_the_studys_quality_csv_for_the_same_file(trained, predic
 
 
 def test_quality_percentiles_equal_percentile_of(trained, predictor) -> None:
-    from skin_core.analysis.quality import percentile_of
-    from skin_core.predict import _percentile_tables, _percentiles
+    from skin_core.analysis.quality import percentile_of, percentiles_from_table
+    from skin_core.predict import _percentile_tables
 
     ref = predictor.bundle.quality_reference
     tied = {"measures": {"tied": {"levels": [0, 25, 50, 75, 100],
@@ -493,7 +493,7 @@ def test_quality_percentiles_equal_percentile_of(trained, predictor) -> None:
             values = [*np.linspace(lo - 1, hi + 1, 41), *entry["quantiles"], float("nan"),
                       float("inf")]
             want = [percentile_of(v, reference, m) for v in values]
-            np.testing.assert_array_equal(_percentiles(np.array(values), *tables[m]), want,
+            np.testing.assert_array_equal(percentiles_from_table(np.array(values), tables[m]), want,
                                           err_msg=m)
 
 

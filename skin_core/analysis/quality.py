@@ -738,6 +738,32 @@ def quality_reference(
     return out
 
 
+def percentile_table(entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The interpolation table of one reference measure: distinct quantiles and, for each,
+    the mean level of the quantiles tied to it. Build it once to look up many values
+    (:func:`percentiles_from_table`); :func:`percentile_of` is the one-value form."""
+    q = np.asarray(entry["quantiles"], dtype=float)
+    lv = np.asarray(entry["levels"], dtype=float)
+    uq, inverse = np.unique(q, return_inverse=True)
+    return uq, np.bincount(inverse, weights=lv) / np.bincount(inverse)
+
+
+def percentiles_from_table(values: np.ndarray, table: tuple[np.ndarray, np.ndarray]
+                           ) -> np.ndarray:
+    """Percentiles (0-100) of every value from a :func:`percentile_table`; NaN where the value
+    is not finite."""
+    uq, ulv = table
+    values = np.asarray(values, dtype=float)
+    out = np.full(values.shape, np.nan)
+    ok = np.isfinite(values)
+    v = values[ok]
+    if len(uq) == 1:
+        out[ok] = np.where(v < uq[0], 0.0, np.where(v > uq[0], 100.0, 50.0))
+    else:
+        out[ok] = np.interp(v, uq, ulv, left=0.0, right=100.0)
+    return out
+
+
 def percentile_of(value: float, reference: dict[str, Any], measure: str | None = None) -> float:
     """Percentile (0-100) of ``value`` within a reference distribution.
 
@@ -754,15 +780,10 @@ def percentile_of(value: float, reference: dict[str, Any], measure: str | None =
                 f"{sorted(reference['measures'])}; got {measure!r}."
             )
         entry = reference["measures"][measure]
-    q = np.asarray(entry["quantiles"], dtype=float)
-    lv = np.asarray(entry["levels"], dtype=float)
-    if value is None or not np.isfinite(value):
+    if value is None:
         return float("nan")
-    uq, inverse = np.unique(q, return_inverse=True)
-    ulv = np.bincount(inverse, weights=lv) / np.bincount(inverse)
-    if len(uq) == 1:
-        return float(0.0 if value < uq[0] else 100.0 if value > uq[0] else 50.0)
-    return float(np.interp(value, uq, ulv, left=0.0, right=100.0))
+    return float(percentiles_from_table(np.array([value], dtype=float),
+                                        percentile_table(entry))[0])
 
 
 # --------------------------------------------------------------------------------------------
