@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skin_core.constants import ISIC2019_CLASSES, SITE_VALUES
+from skin_core.constants import ISIC2019_CLASSES, ISIC2019_SITE_VALUES
 
 AGE_BINS = tuple(range(0, 90, 5))  # ages in ISIC 2019 are multiples of 5, 0..85
 MAX_GROUP = 8  # lesions with >= MAX_GROUP images are pooled into the last bucket
@@ -46,7 +46,7 @@ def derive(data_dir: Path) -> dict[str, dict[str, list[float]]]:
                          round(float((sex == "female").mean()), 4),
                          round(float(sex.isna().mean()), 4)]
         site = d["anatom_site_general"]
-        out["site"][c] = [round(float((site == s).mean()), 4) for s in SITE_VALUES] + [
+        out["site"][c] = [round(float((site == s).mean()), 4) for s in ISIC2019_SITE_VALUES] + [
             round(float(site.isna().mean()), 4)
         ]
         out["lesion_missing"][c] = [round(float(d["lesion_id"].isna().mean()), 4)]

@@ -30,6 +30,11 @@ SEX = "sex"
 SITE = "anatom_site_general"
 FOLD = "fold"
 
+#: ``fold`` value of the calibration split in ``folds.csv``: a lesion-grouped, class-stratified
+#: share of the images that no CNN trains on and that no out-of-fold prediction covers (made by
+#: ``skin-core data folds --calibration FRACTION``); folds ``0..K-1`` hold the other images.
+CALIBRATION_FOLD = -1
+
 METADATA_COLUMNS: tuple[str, ...] = (AGE, SEX, SITE)
 TABLE_COLUMNS: tuple[str, ...] = (IMAGE_ID, PATH, LABEL, LESION_ID, AGE, SEX, SITE)
 OPTIONAL_COLUMNS: tuple[str, ...] = ("source", "split")
@@ -37,8 +42,9 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("source", "split")
 #: Values of ``sex`` after normalisation (anything else is reported and becomes missing).
 SEX_VALUES: tuple[str, ...] = ("male", "female")
 
-#: ISIC 2019 ``anatom_site_general`` vocabulary (missing stays missing).
-SITE_VALUES: tuple[str, ...] = (
+#: The ISIC 2019 ``anatom_site_general`` vocabulary (the values of
+#: ``ISIC_2019_Training_Metadata.csv``).
+ISIC2019_SITE_VALUES: tuple[str, ...] = (
     "anterior torso",
     "head/neck",
     "lateral torso",
@@ -48,6 +54,14 @@ SITE_VALUES: tuple[str, ...] = (
     "posterior torso",
     "upper extremity",
 )
+
+#: HAM10000's ``localization`` ``trunk``: the torso without the side (anterior, posterior or
+#: lateral) recorded, so it maps to none of the ISIC 2019 torso values (1,404 HAM10000 images).
+SITE_TRUNK = "trunk"
+
+#: ``anatom_site_general`` vocabulary of the dataset table (missing stays missing): the ISIC
+#: 2019 values plus ``trunk``, appended last so the ISIC 2019 values keep their positions.
+SITE_VALUES: tuple[str, ...] = (*ISIC2019_SITE_VALUES, SITE_TRUNK)
 
 #: Probability column prefix in OOF and prediction tables: ``prob_<CLASS>``.
 PROB_PREFIX = "prob_"

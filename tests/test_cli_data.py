@@ -131,6 +131,41 @@ def test_folds_text_and_warning(tmp_path, capsys):
     assert "warning: Class(es)" in cap.err and "fewer lesion groups than k=4" in cap.err
 
 
+def test_folds_with_a_calibration_split(tmp_path, capsys):
+    root = isic_dir(tmp_path / "isic", n=40)
+    out_csv = tmp_path / "folds.csv"
+    args = ["data", "folds", "--dataset", f"isic2019:{root}", "--k", "3", "--seed", "1",
+            "--calibration", "0.25", "--calibration-seed", "4", "--out", str(out_csv), "--json"]
+    assert cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    folds = pd.read_csv(out_csv)
+    held = folds["fold"] == -1
+    cal = report["calibration"]
+    assert cal["fraction"] == 0.25 and cal["seed"] == 4
+    assert cal["n_images"] == int(held.sum())
+    target = {"NV": 5, "MEL": 2.5, "BCC": 2.5}  # a quarter of NV 20, MEL 10, BCC 10
+    assert all(abs(cal["per_class"][c] - t) <= 1 for c, t in target.items())
+    assert sum(cal["per_class"].values()) == cal["n_images"]
+    assert cal["n_groups"] >= cal["n_lesions"]
+    assert set(folds.loc[~held, "fold"]) == {0, 1, 2}
+    assert sum(report["fold_sizes"].values()) == 40 - cal["n_images"]
+    assert report["lesions_in_two_folds"] == 0
+    lesion_of = {f"ISIC_{i:07d}": f"L{i // 2}" for i in range(8)}
+    per = folds.assign(lesion=folds["image_id"].map(lesion_of)).dropna().groupby("lesion")
+    assert (per["fold"].nunique() == 1).all()
+    # text output names the split; without --calibration nothing is held out
+    assert cli.main(args[:-1]) == 0
+    text = capsys.readouterr().out
+    assert f"calibration split (fold -1, seed 4): {cal['n_images']} images" in text
+    assert cli.main(["data", "folds", "--dataset", f"isic2019:{root}", "--k", "3", "--out",
+                     str(out_csv), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"]["n_images"] == 0
+    assert (pd.read_csv(out_csv)["fold"] >= 0).all()
+    assert cli.main(["data", "folds", "--dataset", f"isic2019:{root}", "--calibration", "1.5",
+                     "--out", str(out_csv)]) == 2
+    assert "calibration fraction must be a number in [0, 1)" in capsys.readouterr().err
+
+
 def test_folds_bad_k_exits_2(tmp_path, capsys):
     root = isic_dir(tmp_path / "isic", n=4)
     args = ["data", "folds", "--dataset", f"isic2019:{root}", "--k", "9", "--out",

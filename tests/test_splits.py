@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skin_core.data.splits import FoldWarning, fold_report, make_folds, read_folds, write_folds
+from skin_core.constants import CALIBRATION_FOLD
+from skin_core.data.splits import (
+    FoldWarning,
+    calibration_report,
+    calibration_split,
+    fold_report,
+    make_folds,
+    read_folds,
+    write_folds,
+)
 from skin_core.data.tables import Dataset, load_dataset
 from skin_core.errors import ConfigError, DataError
 
@@ -188,7 +197,8 @@ def test_write_and_read_folds_round_trip(tmp_path):
     "text, needle",
     [
         ("image_id,fold\na,0\nb,x\n", r"line 3, image 'b', column 'fold': 'x' is not a fold"),
-        ("image_id,fold\na,0\nb,-1\n", r"line 3, image 'b', column 'fold'"),
+        ("image_id,fold\na,0\nb,-2\n", r"line 3, image 'b', column 'fold': '-2' is not a fold "
+         r"number \(an integer >= 0, or -1 for the calibration split\)"),
         ("image_id,fold\na,0\nb,1.5\n", r"'1.5' is not a fold number"),
         ("image_id,fold\na,0\na,1\nb,1\n", r"line 3, column 'image_id': image 'a' is listed twice"),
         ("image_id,fold\na,0\nb,1\nz,1\nc,0\n", r"line 4, column 'image_id': image 'z' is not in"),
@@ -214,8 +224,8 @@ def test_read_folds_validates_in_memory_folds():
     assert read_folds(good, table).tolist() == [1, 1, 0]
     frame = pd.DataFrame({"image_id": list("cab"), "fold": [0, 1, 1]})
     assert read_folds(frame, table).tolist() == [1, 1, 0]
-    with pytest.raises(DataError, match=r"the folds, row 2, image 'b', column 'fold': '-1'"):
-        read_folds(pd.Series([0, -1, 0], index=list("abc")), table)
+    with pytest.raises(DataError, match=r"the folds, row 2, image 'b', column 'fold': '-2'"):
+        read_folds(pd.Series([0, -2, 0], index=list("abc")), table)
     with pytest.raises(DataError, match=r"the folds, column 'fold': lesion 'L'"):
         read_folds(pd.Series([0, 1, 0], index=list("abc")), table)
 
@@ -228,6 +238,100 @@ def test_read_folds_missing_file(tmp_path):
 def test_write_folds_rejects_other_objects(tmp_path):
     with pytest.raises(DataError, match="write_folds expects"):
         write_folds([0, 1], tmp_path / "f.csv")
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def _largest_lesion_per_class(table: pd.DataFrame) -> pd.Series:
+    lesion = table["lesion_id"].fillna(table["image_id"])
+    return table.groupby([table["label"], lesion]).size().groupby(level=0).max()
+
+
+@settings(max_examples=30, deadline=None)
+@given(table=tables_st, fraction=st.sampled_from([0.05, 0.1, 0.2, 0.35]),
+       seed=st.integers(0, 50))
+def test_calibration_split_keeps_lesions_whole_and_each_class_near_the_fraction(
+        table, fraction, seed):
+    held = calibration_split(table, fraction, seed=seed)
+    assert held.index.tolist() == table["image_id"].tolist() and held.dtype == bool
+    per_lesion = pd.Series(held.to_numpy()).groupby(table["lesion_id"].to_numpy()).nunique()
+    assert (per_lesion == 1).all()  # no lesion on both sides
+    n = table["label"].value_counts()
+    taken = table["label"][held.to_numpy()].value_counts().reindex(n.index, fill_value=0)
+    # within half the class's largest lesion of the target (half an image for singletons)
+    bound = _largest_lesion_per_class(table).reindex(n.index) / 2
+    assert (np.abs(taken - fraction * n) <= bound + 1e-9).all()
+    pd.testing.assert_series_equal(held, calibration_split(table.copy(), fraction, seed=seed))
+
+
+def test_calibration_split_samples_lesions_of_every_size():
+    # 300 single images and 100 four-image lesions of one class: a 20 % share taken largest-first
+    # would be all four-image lesions, smallest-first all single images; a random sample mixes
+    table = pd.DataFrame({
+        "image_id": [f"i{j}" for j in range(700)], "label": "A",
+        "lesion_id": [None] * 300 + [f"L{j // 4}" for j in range(400)]})
+    held = calibration_split(table, 0.2, seed=0).to_numpy()
+    assert held.sum() == 140
+    singles, in_lesions = held[:300].sum(), held[300:].sum()
+    assert 20 <= singles <= 100 and 40 <= in_lesions <= 120  # expected 60 and 80
+
+
+def test_calibration_split_differs_by_seed_and_zero_selects_nothing():
+    table = random_table(5, 300, 3, 0.4)
+    assert not calibration_split(table, 0.1, seed=0).equals(calibration_split(table, 0.1, seed=1))
+    assert not calibration_split(table, 0.0).any()
+    for bad in (-0.1, 1.0, "0.1", True):
+        with pytest.raises(ConfigError, match=r"calibration fraction must be a number in \[0, 1\)"):
+            calibration_split(table, bad)
+
+
+def test_make_folds_with_calibration_folds_the_rest_as_usual():
+    table = random_table(7, 400, 4, 0.5)
+    folds = make_folds(table, k=4, seed=2, calibration=0.15, calibration_seed=9)
+    held = calibration_split(table, 0.15, seed=9)
+    assert ((folds == CALIBRATION_FOLD) == held).all()
+    rest = table[~held.to_numpy()]
+    pd.testing.assert_series_equal(folds[~held], make_folds(rest, k=4, seed=2))
+    report = fold_report(table, folds)
+    assert report["lesions_in_two_folds"] == 0 and report["k"] == 4
+    assert report["n_calibration"] == int(held.sum())
+    assert sum(report["fold_sizes"].values()) == len(table) - int(held.sum())
+    cal = calibration_report(table, folds)
+    assert cal["n_images"] == int(held.sum())
+    assert sum(cal["per_class"].values()) == cal["n_images"]
+    assert cal["n_groups"] >= cal["n_lesions"] > 0
+    assert all(abs(v - 0.15) < 0.06 for v in cal["share"].values())
+    # the calibration seed defaults to the folds' seed
+    pd.testing.assert_series_equal(make_folds(table, k=4, seed=2, calibration=0.15),
+                                   make_folds(table, k=4, seed=2, calibration=0.15,
+                                              calibration_seed=2))
+    # no calibration = today's folds, unchanged
+    pd.testing.assert_series_equal(make_folds(table, k=4, seed=2, calibration=0.0),
+                                   make_folds(table, k=4, seed=2))
+
+
+def test_calibration_fraction_too_small_for_any_lesion_is_an_error():
+    table = pd.DataFrame({"image_id": list("abcdef"), "label": list("AAABBB")})
+    with pytest.raises(DataError, match="takes no lesion of the 6 images"):
+        make_folds(table, k=2, calibration=0.1)
+
+
+def test_folds_file_with_a_calibration_split_round_trips(tmp_path):
+    table = random_table(3, 80, 3, 0.4)
+    folds = make_folds(table, k=3, seed=0, calibration=0.2)
+    write_folds(folds, tmp_path / "folds.csv")
+    back = read_folds(tmp_path / "folds.csv", table)
+    pd.testing.assert_series_equal(back, folds)
+    assert (back == -1).sum() == (folds == -1).sum() > 0
+    # a lesion split between the calibration split and a fold is refused
+    lesion = table["lesion_id"].dropna().iloc[0]
+    rows = np.flatnonzero((table["lesion_id"] == lesion).to_numpy())
+    broken = folds.copy()
+    broken.iloc[rows[0]] = -1
+    broken.iloc[rows[1]] = 0
+    with pytest.raises(DataError, match=f"lesion '{lesion}' has images in 2 folds"):
+        read_folds(broken, table)
 
 
 # ----------------------------------------------------------------------------- real data
@@ -245,3 +349,14 @@ def test_real_isic2019_folds_leak_no_lesion(isic2019_csv_dir, tmp_path):
     assert all(min(row.values()) > 0 for row in report["counts"].values())
     write_folds(folds, tmp_path / "folds.csv")
     pd.testing.assert_series_equal(read_folds(tmp_path / "folds.csv", ds), folds)
+
+
+@pytest.mark.realdata
+def test_real_ham10000_calibration_split(ham10000_dir):
+    ds = load_dataset(f"ham10000:{ham10000_dir}")
+    folds = make_folds(ds, k=5, seed=0, calibration=0.1)
+    report, cal = fold_report(ds, folds), calibration_report(ds, folds)
+    assert report["lesions_in_two_folds"] == 0
+    assert 950 <= cal["n_images"] <= 1050  # 10 % of 10,015 images
+    assert all(abs(share - 0.1) < 0.01 for share in cal["share"].values())
+    assert all(spread <= 2 for spread in report["max_class_spread"].values())

@@ -336,9 +336,30 @@ def test_ham10000_sites_are_mapped_to_isic_vocabulary(tmp_path):
     ds = load_dataset(f"ham10000:{write_ham(tmp_path / 'ham')}")
     sites = ds.table["anatom_site_general"].tolist()
     assert sites[:3] == ["posterior torso", "posterior torso", "head/neck"]
+    assert sites[3] == "trunk"  # a site of its own: the side of the torso is not recorded
     assert sites[4] == "oral/genital"
-    assert pd.isna(sites[3]) and pd.isna(sites[5])  # trunk: ambiguous; unknown: missing
-    assert any("'trunk' x1" in n and "localization" in n for n in ds.notes)
+    assert pd.isna(sites[5])  # unknown: missing
+    assert not any("trunk" in n for n in ds.notes)  # a known value, not a reported one
+
+
+def test_every_ham10000_localization_maps_into_the_site_vocabulary():
+    from skin_core.constants import ISIC2019_SITE_VALUES, SITE_TRUNK, SITE_VALUES
+
+    assert set(tables.HAM10000_SITE_MAP.values()) <= set(SITE_VALUES)
+    assert tables.HAM10000_SITE_MAP["trunk"] == SITE_TRUNK == SITE_VALUES[-1]
+    assert SITE_VALUES[:-1] == ISIC2019_SITE_VALUES  # ISIC 2019 values keep their positions
+
+
+def test_trunk_is_a_site_in_csv_datasets_too(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.jpg").write_bytes(b"")
+    pd.DataFrame({"image_id": ["a", "b"], "label": ["MEL", "NV"],
+                  "anatom_site_general": ["Trunk", "belly"]}).to_csv(tmp_path / "d.csv",
+                                                                     index=False)
+    ds = load_dataset(f"csv:{tmp_path / 'd.csv'}")
+    assert ds.table["anatom_site_general"].iloc[0] == "trunk"
+    assert pd.isna(ds.table["anatom_site_general"].iloc[1])
+    assert any("'belly' x1" in n for n in ds.notes)
 
 
 def write_gt(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -554,6 +575,16 @@ def test_real_ham10000_counts(ham10000_dir):
     assert s["n_lesions"] == 7_470
     assert s["missing"]["lesion_id"] == 0
     assert ds.skipped.empty
+
+
+@pytest.mark.realdata
+def test_real_ham10000_trunk_is_a_site_of_its_own(ham10000_dir):
+    ds = load_dataset(f"ham10000:{ham10000_dir}")
+    site = ds.table["anatom_site_general"]
+    assert int((site == "trunk").sum()) == 1_404
+    assert int(site.isna().sum()) == 234  # only 'unknown' is missing now
+    assert set(site.dropna()) <= set(tables.SITE_VALUES)
+    assert not any("localization" in n for n in ds.notes)  # every value is known
 
 
 @pytest.mark.realdata

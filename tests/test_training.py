@@ -59,8 +59,10 @@ def test_two_fold_run_writes_the_run_directory(tiny, tmp_path: Path) -> None:
                  "metrics.json"):
         assert (run / name).is_file(), name
     oof = pd.read_csv(run / "oof.csv")
-    assert list(oof.columns) == ["image_id", "model", "arch", "fold", "label",
+    assert list(oof.columns) == ["image_id", "lesion_id", "model", "arch", "fold", "label",
                                  *prob_columns(("A", "B", "C"))]
+    lesion_of = dict(zip(tiny.table["image_id"], tiny.table["lesion_id"], strict=True))
+    assert (oof["lesion_id"] == oof["image_id"].map(lesion_of)).all()
     assert len(oof) == 2 * 48 and set(oof["model"]) == {"test_resnet", "test_efficientnet"}
     np.testing.assert_allclose(oof[prob_columns("ABC")].sum(axis=1), 1.0, atol=1e-5)
     folds = pd.read_csv(run / "folds.csv")
@@ -75,10 +77,17 @@ def test_two_fold_run_writes_the_run_directory(tiny, tmp_path: Path) -> None:
             "images_per_s", "lr", "elapsed_s"} <= set(epochs[0])
     side = json.loads((run / "members/test_resnet/fold1.json").read_text())
     assert side["classes"] == ["A", "B", "C"] and side["preprocessing"]["input_size"] == 32
+    # the default member is the last epoch of the schedule, not one chosen on the fold
+    assert side["epoch_selection"] == "last" and side["selected_epoch"] == 1
+    assert side["n_inner"] == 0 and side["epochs_run"] == 2
+    assert side["metrics"]["balanced_accuracy"] == side["history"][-1]["val_balanced_accuracy"]
     weights = load_file(str(run / "members/test_resnet/fold1.safetensors"))
     assert weights["fc.weight"].shape[0] == 3
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["test_resnet"]) >= {"balanced_accuracy", "macro_f1", "accuracy", "auc"}
+    assert metrics["test_resnet"]["epoch_selection"] == "last"
+    assert metrics["test_resnet"]["n_calibration"] == 0
+    assert metrics["test_resnet"]["folds"]["0"]["selected_epoch"] == 1
     assert res.metrics["test_resnet"]["n"] == 48
     assert not (run / "checkpoints").exists() or not any((run / "checkpoints").rglob("*.json"))
 
@@ -116,8 +125,10 @@ def _crash_after(n: int):
     return hook
 
 
-def test_kill_and_resume_equals_uninterrupted_run(tiny, tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, epochs=3)
+@pytest.mark.parametrize("selection", ["last", "inner"])
+def test_kill_and_resume_equals_uninterrupted_run(tiny, tmp_path: Path, selection) -> None:
+    # inner: a quarter of the training lesions (one 2-image lesion per class and fold)
+    cfg = tiny_config(tmp_path, epochs=3, epoch_selection=selection, inner_fraction=0.25)
     full = train_run(tiny, out=tmp_path / "full", config=cfg)
     # fold 0 has 3 epochs x 3 batches = 9 steps; crash in fold 1, epoch 1.
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -140,6 +151,11 @@ def test_kill_and_resume_equals_uninterrupted_run(tiny, tmp_path: Path) -> None:
                                                                 "label"]])
     np.testing.assert_allclose(a[prob_columns("ABC")], b[prob_columns("ABC")], atol=1e-5)
     assert json.loads((cut / "status.json").read_text())["state"] == "finished"
+    for k in (0, 1):
+        sa, sb = (json.loads((d / f"members/test_resnet/fold{k}.json").read_text())
+                  for d in (tmp_path / "full", cut))
+        assert sa["epoch_selection"] == sb["epoch_selection"] == selection
+        assert sa["selected_epoch"] == sb["selected_epoch"] and sa["n_inner"] == sb["n_inner"]
 
 
 def test_cancel_file_stops_between_batches_and_resume_finishes(tiny, tmp_path: Path) -> None:

@@ -37,11 +37,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="write folds.csv (image_id,fold), stratified by class and grouped by lesion",
         description="Assign every image to one of K folds, stratified by class and grouped by "
         "lesion_id (an image without lesion_id is its own group), deterministic for a seed; "
-        "writes image_id,fold.",
+        "writes image_id,fold. With --calibration FRACTION a lesion-grouped, class-stratified "
+        "share of the images is first held out as the calibration split (fold -1: no CNN "
+        "trains on it or predicts it out-of-fold) and the folds 0..K-1 cover the rest.",
     )
     _add_load_options(folds)
     folds.add_argument("--k", type=int, default=5, help="number of folds (default 5)")
     folds.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    folds.add_argument("--calibration", type=float, default=0.0, metavar="FRACTION",
+                       help="share of every class held out as the calibration split, whole "
+                       "lesions, fold -1 (default 0: none)")
+    folds.add_argument("--calibration-seed", type=int, default=None, metavar="S",
+                       help="seed of the calibration split (default: --seed)")
     folds.add_argument("--out", required=True, metavar="FILE", help="folds CSV to write")
     add_json_option(folds)
     folds.set_defaults(handler=_folds)
@@ -135,15 +142,24 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _folds(args: argparse.Namespace) -> int:
-    from skin_core.data.splits import FoldWarning, fold_report, make_folds, write_folds
+    from skin_core.data.splits import (
+        FoldWarning,
+        calibration_report,
+        fold_report,
+        make_folds,
+        write_folds,
+    )
 
     ds = _load(args)
+    cal_seed = args.seed if args.calibration_seed is None else args.calibration_seed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FoldWarning)
-        folds = make_folds(ds, k=args.k, seed=args.seed)
+        folds = make_folds(ds, k=args.k, seed=args.seed, calibration=args.calibration,
+                           calibration_seed=cal_seed)
     messages = [str(w.message) for w in caught if issubclass(w.category, FoldWarning)]
     write_folds(folds, args.out)
     report = fold_report(ds, folds)
+    cal = {"fraction": args.calibration, "seed": cal_seed, **calibration_report(ds, folds)}
     if args.json:
         print_json(
             {
@@ -151,6 +167,7 @@ def _folds(args: argparse.Namespace) -> int:
                 "k": args.k,
                 "seed": args.seed,
                 "n_images": len(ds),
+                "calibration": cal,
                 "fold_sizes": report["fold_sizes"],
                 "counts": report["counts"],
                 "max_class_spread": report["max_class_spread"],
@@ -164,7 +181,12 @@ def _folds(args: argparse.Namespace) -> int:
     else:
         classes = list(ds.classes)
         width = max(6, *(len(c) for c in classes))
-        print(f"wrote {args.out}: {len(ds)} images in {args.k} folds (seed {args.seed})")
+        print(f"wrote {args.out}: {len(ds) - cal['n_images']} images in {args.k} folds "
+              f"(seed {args.seed})")
+        if cal["n_images"]:
+            per = ", ".join(f"{c} {n}" for c, n in cal["per_class"].items())
+            print(f"calibration split (fold -1, seed {cal_seed}): {cal['n_images']} images of "
+                  f"{cal['n_groups']} lesions ({per})")
         print("fold  " + "".join(f"{c:>{width + 1}}" for c in classes) + f"{'total':>8}")
         for f, row in report["counts"].items():
             cells = "".join(f"{row.get(c, 0):>{width + 1}}" for c in classes)

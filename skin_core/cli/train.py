@@ -32,12 +32,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run directory (runs/NAME)")
     p.add_argument("--config", metavar="FILE", help="YAML file of training options")
     p.add_argument("--folds", type=int, help="number of folds K (default 5)")
-    p.add_argument("--folds-file", metavar="CSV", help="use this folds.csv (image_id,fold)")
+    p.add_argument("--folds-file", metavar="CSV", help="use this folds.csv (image_id,fold; "
+                   "fold -1 = calibration split, neither trained on nor predicted)")
     p.add_argument("--epochs", type=int, help="maximum epochs per fold (default 10)")
     p.add_argument("--img-size", type=int, help="square input size in px (default 128)")
     p.add_argument("--batch-size", type=int, help="batch size (default 32)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
+    p.add_argument("--epoch-selection", choices=("last", "inner"),
+                   help="member weights and OOF predictions from the last epoch (default) or "
+                   "from the best epoch on an inner split of the training folds")
+    p.add_argument("--inner-fraction", type=float, metavar="F",
+                   help="share of each fold's training lesions held out as the inner split "
+                   "with --epoch-selection inner (default 0.1)")
+    p.add_argument("--patience", type=int, help="early stopping on the inner split after this "
+                   "many epochs without improvement (needs --epoch-selection inner; 0 = off)")
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="training seeds; several give members ARCH@s<S>")
     p.add_argument("--seed", type=int, help="seed of the folds (default 0)")
@@ -62,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 _CLI_KEYS = {
     "folds": "folds", "epochs": "epochs", "img_size": "img_size", "batch_size": "batch_size",
     "lr": "lr", "patience": "patience", "seed": "seed", "pretrained": "pretrained",
+    "epoch_selection": "epoch_selection", "inner_fraction": "inner_fraction",
     "device": "device", "threads": "threads", "backend": "backend",
     "address": "ray_address", "cache_dir": "cache_dir", "ray_cpus": "ray_cpus_per_task",
 }

@@ -58,6 +58,7 @@ from skin_core.constants import (
     SEX,
     SEX_VALUES,
     SITE,
+    SITE_TRUNK,
     SITE_VALUES,
     TABLE_COLUMNS,
 )
@@ -93,11 +94,12 @@ HAM10000_IMAGE_DIRS: tuple[str, ...] = (
     "ham10000_images_part_2",
 )
 
-#: HAM10000 ``localization`` -> ISIC 2019 ``anatom_site_general``. Every entry but ``genital``
-#: is exactly the mapping the ISIC archive applied to the same 10,015 images in
+#: HAM10000 ``localization`` -> ``anatom_site_general``. Every entry but ``genital`` and
+#: ``trunk`` is exactly the mapping the ISIC archive applied to the same 10,015 images in
 #: ``ISIC_2019_Training_Metadata.csv`` (checked by joining the two files). ISIC left
-#: ``genital`` missing; it maps unambiguously to ``oral/genital``, so it is mapped here.
-#: ``trunk`` (anterior or posterior?) and ``unknown`` stay missing and are reported.
+#: ``genital`` missing; it maps unambiguously to ``oral/genital``, so it is mapped here. ISIC
+#: also left ``trunk`` missing (anterior, posterior or lateral is not recorded); it is a site of
+#: its own here (``constants.SITE_TRUNK``), not a missing value. ``unknown`` stays missing.
 HAM10000_SITE_MAP: dict[str, str] = {
     "abdomen": "anterior torso",
     "chest": "anterior torso",
@@ -112,6 +114,7 @@ HAM10000_SITE_MAP: dict[str, str] = {
     "foot": "lower extremity",
     "acral": "palms/soles",
     "genital": "oral/genital",
+    "trunk": SITE_TRUNK,
 }
 
 #: Columns of :attr:`Dataset.skipped`: where the bad row is and why it was skipped.

@@ -21,11 +21,11 @@ from skin_core.constants import (
     FOLD,
     IMAGE_ID,
     ISIC2019_CLASSES,
+    ISIC2019_SITE_VALUES,
     LABEL,
     LESION_ID,
     SEX,
     SITE,
-    SITE_VALUES,
     prob_columns,
 )
 
@@ -97,7 +97,7 @@ def make_synthetic_oof(
     n_les = len(sizes)
     age = np.clip(np.round(rng.normal(52, 17, n_les) / 5) * 5, 5, 85)
     sex = rng.choice(["male", "female"], n_les)
-    site = rng.choice(list(SITE_VALUES), n_les,
+    site = rng.choice(list(ISIC2019_SITE_VALUES), n_les,
                       p=[0.2, 0.15, 0.05, 0.2, 0.02, 0.03, 0.2, 0.15])
     prior = np.array([_PRIOR.get(c, 1.0 / k) for c in classes])
     logits = np.tile(np.log(prior / prior.sum()), (n_les, 1))

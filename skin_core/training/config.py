@@ -2,8 +2,9 @@
 
 Defaults are the CPU-friendly small version of the published study (see docs/training.md
 for the reasons behind each): AdamW, cosine schedule with linear warmup, class-weighted
-cross-entropy (inverse frequency), best epoch by validation balanced accuracy with
-early-stopping patience.
+cross-entropy (inverse frequency), and the last epoch of the fixed schedule as the member (never
+an epoch chosen by a score on the fold it then predicts out-of-fold; ``epoch_selection:
+inner`` chooses it on an inner split of the training folds instead).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from skin_core.errors import ConfigError
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 BACKENDS: tuple[str, ...] = ("local", "ray")
 LOSS_WEIGHTINGS: tuple[str, ...] = ("inverse_frequency", "none")
+#: ``last``: the member is the last epoch of the fixed schedule; ``inner``: the epoch with the
+#: best balanced accuracy on an inner split of the fold's training images (never trained on).
+EPOCH_SELECTIONS: tuple[str, ...] = ("last", "inner")
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,17 @@ class TrainConfig:
     warmup_epochs: linear warmup length (fraction of an epoch allowed).
     label_smoothing: cross-entropy label smoothing (0 = off).
     loss_weighting: ``"inverse_frequency"`` (weighted CE, as in the study) or ``"none"``.
-    patience: stop a fold after this many epochs without a better validation balanced
-        accuracy (0 = never stop early).
+    epoch_selection: which epoch's weights become the member and give the out-of-fold
+        predictions: ``"last"`` (default) the last epoch of the fixed schedule; ``"inner"`` the
+        epoch with the best balanced accuracy on the fold's **inner split**, a lesion-grouped,
+        class-stratified ``inner_fraction`` of the fold's training images that the fold then
+        does not train on. Never a score on the fold being predicted.
+    inner_fraction: share of each fold's training images (whole lesions, per class) held out
+        as the inner split when ``epoch_selection`` is ``"inner"`` (in ``(0, 0.5]``).
+    patience: with ``epoch_selection: inner``, stop a fold after this many epochs without a
+        better inner-split balanced accuracy (0 = never stop early); must be 0 with ``"last"``.
     seeds: training seeds; several seeds give members ``arch@s<seed>``.
-    seed: seed of the folds (when no folds file is given).
+    seed: seed of the folds (when no folds file is given) and of the inner splits.
     pretrained: ``"none"``, ``"hub"`` or a weights file path, for every architecture; or a
         mapping ``{arch: spec}`` (with an optional ``default`` entry, else ``"none"``) when each
         architecture starts from its own weights file.
@@ -71,7 +82,9 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     loss_weighting: str = "inverse_frequency"
-    patience: int = 5
+    epoch_selection: str = "last"
+    inner_fraction: float = 0.1
+    patience: int = 0
     seeds: tuple[int, ...] = (0,)
     seed: int = 0
     pretrained: str | dict[str, str] = "none"
@@ -172,8 +185,19 @@ def validate_config(c: TrainConfig) -> None:
         _fail("label_smoothing", "a number in [0, 1)", c.label_smoothing)
     if c.loss_weighting not in LOSS_WEIGHTINGS:
         _fail("loss_weighting", f"one of {LOSS_WEIGHTINGS}", c.loss_weighting)
-    if not isinstance(c.patience, int) or c.patience < 0:
+    if c.epoch_selection not in EPOCH_SELECTIONS:
+        _fail("epoch_selection", f"one of {EPOCH_SELECTIONS}", c.epoch_selection)
+    if (isinstance(c.inner_fraction, bool) or not isinstance(c.inner_fraction, (int, float))
+            or not 0 < c.inner_fraction <= 0.5):
+        _fail("inner_fraction", "a number in (0, 0.5]", c.inner_fraction)
+    if isinstance(c.patience, bool) or not isinstance(c.patience, int) or c.patience < 0:
         _fail("patience", "an integer >= 0", c.patience)
+    if c.patience and c.epoch_selection != "inner":
+        raise ConfigError(
+            f"Early stopping (patience={c.patience}) needs epoch_selection: inner, which "
+            "watches an inner split of the training folds (the fold being predicted is never "
+            "used to choose an epoch); set epoch_selection: inner or patience: 0."
+        )
     if not c.seeds or len(set(c.seeds)) != len(c.seeds):
         _fail("seeds", "a non-empty list of distinct integers", c.seeds)
     if c.device not in DEVICES:

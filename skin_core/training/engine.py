@@ -1,13 +1,22 @@
 """Train one (model, fold): the unit of work of every backend.
 
-:func:`train_fold` trains a member on the training rows of one fold, keeps the epoch with the
-best validation balanced accuracy, and writes into the run directory:
+:func:`train_fold` trains a member on the training rows of one fold and keeps the weights of
+one epoch, chosen without looking at the fold it predicts (``epoch_selection``):
 
-- ``members/<model>/fold<k>.safetensors``: the best epoch's weights (model tensors only);
+- ``last`` (default): the last epoch of the fixed schedule;
+- ``inner``: the epoch with the best balanced accuracy on the job's inner split (a
+  lesion-grouped share of the fold's training images, not trained on), with optional early
+  stopping (``patience``) on the same split.
+
+The fold's own validation images are predicted after every epoch only to report the learning
+curve (``events.jsonl``); that score never chooses anything. It writes into the run directory:
+
+- ``members/<model>/fold<k>.safetensors``: the selected epoch's weights (model tensors only);
 - ``members/<model>/fold<k>.oof.csv``: that model's probabilities for the fold's validation
   images (``image_id, model, arch, fold, label, prob_<CLASS>...``);
-- ``members/<model>/fold<k>.json``: the sidecar (arch, classes, preprocessing, metrics, best
-  epoch, sha256 of the weights). Written last: its presence marks the fold as finished;
+- ``members/<model>/fold<k>.json``: the sidecar (arch, classes, preprocessing, metrics,
+  ``epoch_selection``, ``selected_epoch``, ``n_inner``, sha256 of the weights). Written last:
+  its presence marks the fold as finished;
 - one line per epoch in ``events.jsonl``;
 - ``checkpoints/<model>/fold<k>/``: the resumable per-epoch state, deleted once the fold has
   finished.
@@ -48,8 +57,10 @@ class TrainingCancelled(SkinCoreError):
 class FoldJob:
     """Everything one (model, fold) needs; plain values so it travels to Ray workers.
 
-    ``train_rows`` / ``val_rows`` index the image cache (``cache_path``, shape
-    ``cache_shape``); labels are class indices into ``classes``.
+    ``train_rows`` / ``val_rows`` / ``inner_rows`` index the image cache (``cache_path``,
+    shape ``cache_shape``); labels are class indices into ``classes``. ``inner_rows`` (empty
+    unless ``epoch_selection`` is ``inner``) are the fold's inner split, disjoint from
+    ``train_rows``.
     """
 
     run_dir: str
@@ -68,6 +79,8 @@ class FoldJob:
     config: dict[str, Any]
     resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    inner_rows: tuple[int, ...] = ()
+    inner_labels: tuple[int, ...] = ()
 
     @property
     def member_dir(self) -> Path:
@@ -227,14 +240,16 @@ def train_fold(
 
     Returns
     -------
-    dict: the sidecar's content (``model``, ``fold``, ``best_epoch``, ``metrics``...).
+    dict: the sidecar's content (``model``, ``fold``, ``epoch_selection``,
+    ``selected_epoch``, ``metrics``...).
 
     Raises
     ------
     TrainingCancelled
         ``<run_dir>/cancel`` appeared (checked between batches).
     ConfigError
-        ``--resume`` found a checkpoint made for other classes or another architecture.
+        ``--resume`` found a checkpoint made for other classes or another architecture, or
+        ``epoch_selection`` is ``inner`` but the job has no inner split.
     DiskFullError
         The disk filled up while saving (nothing half-written is kept).
     """
@@ -293,6 +308,14 @@ def _train_fold(
     train_labels = np.asarray(job.train_labels, dtype=np.int64)
     val_rows = np.asarray(job.val_rows, dtype=np.int64)
     val_labels = np.asarray(job.val_labels, dtype=np.int64)
+    inner_rows = np.asarray(job.inner_rows, dtype=np.int64)
+    inner_labels = np.asarray(job.inner_labels, dtype=np.int64)
+    select_inner = cfg.epoch_selection == "inner"
+    if select_inner and not len(inner_rows):
+        raise ConfigError(
+            f"{job.model} fold {job.fold} has no inner split to choose its epoch on; build the "
+            "jobs with skin_core.training.run.build_jobs or use epoch_selection: last."
+        )
     n = len(train_rows)
     weights = (class_weights(train_labels, k) if cfg.loss_weighting == "inverse_frequency"
                else np.ones(k))
@@ -306,7 +329,9 @@ def _train_fold(
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
 
     start_epoch, step = 0, 0
+    # best_*: the selected epoch so far (inner split score; with "last", the latest epoch)
     best_score, best_epoch, since_best = -1.0, -1, 0
+    last_probs: np.ndarray | None = None
     best_state: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
     ckpt_dir = job.ckpt_dir
@@ -342,7 +367,7 @@ def _train_fold(
     t_run = time.perf_counter()
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            if cfg.patience and since_best >= cfg.patience:
+            if select_inner and cfg.patience and since_best >= cfg.patience:
                 break
             model.train()
             order = torch.randperm(n, generator=gen).numpy()
@@ -377,32 +402,51 @@ def _train_fold(
             probs, logits = predict_rows(model, cache, val_rows, device=device, mean=pre.mean,
                                          std=pre.std, batch_size=eval_bs, amp=use_amp,
                                          channels_last=cfg.channels_last)
+            last_probs = probs
             val_loss = float(eval_loss(torch.from_numpy(logits).float(),
                                        torch.from_numpy(val_labels)))
+            # the predicted fold's score: reported (learning curve), never used to choose
             score = classification_metrics(val_labels, probs, job.classes)["balanced_accuracy"]
-            improved = score > best_score
-            if improved:
-                best_score, best_epoch, since_best = score, epoch, 0
-                best_state = {key: v.detach().to("cpu").clone()
-                              for key, v in model.state_dict().items()}
+            inner: dict[str, float] = {}
+            improved = False
+            if select_inner:
+                iprobs, ilogits = predict_rows(
+                    model, cache, inner_rows, device=device, mean=pre.mean, std=pre.std,
+                    batch_size=eval_bs, amp=use_amp, channels_last=cfg.channels_last)
+                inner = {
+                    "inner_loss": float(eval_loss(torch.from_numpy(ilogits).float(),
+                                                  torch.from_numpy(inner_labels))),
+                    "inner_balanced_accuracy": classification_metrics(
+                        inner_labels, iprobs, job.classes)["balanced_accuracy"],
+                }
+                improved = inner["inner_balanced_accuracy"] > best_score
+                if improved:
+                    best_score, best_epoch, since_best = (
+                        inner["inner_balanced_accuracy"], epoch, 0)
+                    best_state = {key: v.detach().to("cpu").clone()
+                                  for key, v in model.state_dict().items()}
+                else:
+                    since_best += 1
             else:
-                since_best += 1
+                best_epoch = epoch
             event = {
                 "event": "epoch", "model": job.model, "arch": job.arch, "fold": job.fold,
                 "epoch": epoch, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
-                "val_balanced_accuracy": score, "images_per_s": seen / max(train_time, 1e-9),
+                "val_balanced_accuracy": score, **inner,
+                "images_per_s": seen / max(train_time, 1e-9),
                 "lr": lr_at(max(step - 1, 0), total=total_steps, warmup=warmup, peak=cfg.lr),
-                "elapsed_s": time.perf_counter() - t_run, "best_epoch": best_epoch,
+                "elapsed_s": time.perf_counter() - t_run, "selected_epoch": best_epoch,
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             history.append({key: event[key] for key in (
-                "epoch", "train_loss", "val_loss", "val_balanced_accuracy")})
+                "epoch", "train_loss", "val_loss", "val_balanced_accuracy", *inner)})
             ck.save_checkpoint(
                 ckpt_dir, model=model, optimizer=opt, generator=gen,
                 best_state=best_state if improved else None,
                 state={
                     "arch": job.arch, "model": job.model, "fold": job.fold,
                     "classes": list(job.classes), "epoch": epoch, "step": step,
+                    "epoch_selection": cfg.epoch_selection,
                     "best_score": best_score, "best_epoch": best_epoch,
                     "since_best": since_best, "history": history,
                     "scaler": scaler.state_dict() if use_amp else None,
@@ -417,16 +461,27 @@ def _train_fold(
     finally:
         bar.close()
 
-    if best_state is None:  # pragma: no cover - at least one epoch always runs
+    if not history:  # pragma: no cover - at least one epoch always runs
         raise SkinCoreError(f"{job.model} fold {job.fold} finished without a trained epoch.")
-    model.load_state_dict(best_state)
-    probs, _ = predict_rows(model, cache, val_rows, device=device, mean=pre.mean, std=pre.std,
-                            batch_size=eval_bs, amp=use_amp, channels_last=cfg.channels_last)
+    if select_inner:
+        if best_state is None:  # pragma: no cover - the first epoch always improves
+            raise SkinCoreError(f"{job.model} fold {job.fold}: the selected epoch's weights "
+                                "are missing; rerun without --resume.")
+        model.load_state_dict(best_state)
+        member_state = best_state
+        probs = None
+    else:  # the weights now in the model are the last epoch's
+        member_state = model.state_dict()
+        probs = last_probs  # predicted right after that epoch, in this process
+    if probs is None:
+        probs, _ = predict_rows(model, cache, val_rows, device=device, mean=pre.mean,
+                                std=pre.std, batch_size=eval_bs, amp=use_amp,
+                                channels_last=cfg.channels_last)
     metrics = classification_metrics(val_labels, probs, job.classes)
     member_dir = job.member_dir
     member_dir.mkdir(parents=True, exist_ok=True)
     weights_path = member_dir / f"fold{job.fold}.safetensors"
-    digest = ck.save_tensors(weights_path, best_state, metadata={
+    digest = ck.save_tensors(weights_path, member_state, metadata={
         "arch": job.arch, "classes": json.dumps(list(job.classes)),
         "preprocessing": json.dumps(pre.to_dict())})
     oof = _oof_frame(job, probs)
@@ -437,7 +492,11 @@ def _train_fold(
     sidecar = {
         "model": job.model, "arch": job.arch, "seed": job.seed, "fold": job.fold,
         "classes": list(job.classes), "preprocessing": pre.to_dict(),
-        "num_classes": k, "best_epoch": best_epoch, "epochs_run": len(history),
+        "num_classes": k, "epoch_selection": cfg.epoch_selection,
+        "selected_epoch": int(best_epoch), "epochs_run": len(history),
+        "n_inner": int(len(inner_rows)),
+        "inner_fraction": float(cfg.inner_fraction) if select_inner else None,
+        "inner_balanced_accuracy": float(best_score) if select_inner else None,
         "metrics": metrics, "n_train": int(n), "n_val": int(len(val_rows)),
         "weights": weights_path.name, "sha256": digest, "pretrained": cfg.pretrained,
         "history": history, "device": device,

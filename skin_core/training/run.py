@@ -5,17 +5,19 @@ directory (DESIGN.md) holds:
 
 - ``config.yaml``: dataset spec, classes, fingerprint, library versions and every option
   (under ``train``), enough to reproduce the run;
-- ``folds.csv``: ``image_id, fold``;
+- ``folds.csv``: ``image_id, fold`` (fold -1: the calibration split, never trained on or
+  predicted);
 - ``status.json``: ``state`` (queued / running / finished / failed / cancelled),
   ``progress`` (0-1), current ``model``/``arch``/``fold``/``epoch``, ``started``,
   ``finished``, ``pid``, ``error``;
 - ``events.jsonl``: one JSON object per epoch per fold (and run start/end events);
 - ``members/<model>/fold<k>.safetensors`` + ``fold<k>.json`` (+ ``fold<k>.oof.csv``, the
   fold's share of the OOF table);
-- ``oof.csv``: ``image_id, model, arch, fold, label, prob_<CLASS>...``, one row per image per
-  model, images in dataset order;
+- ``oof.csv``: ``image_id, lesion_id, model, arch, fold, label, prob_<CLASS>...``, one row
+  per image per model (calibration images excluded), images in dataset order;
 - ``metrics.json``: per model, OOF ``balanced_accuracy``, ``macro_f1``, ``accuracy``, ``auc``
-  per class, ``n``, and the per-fold metrics.
+  per class, ``n``, ``epoch_selection``, ``n_calibration``, and per fold the selected epoch,
+  the inner split's size and the fold's metrics.
 
 Every file is written to a temporary name and renamed. ``resume=True`` keeps finished folds and
 continues an interrupted fold from its last epoch checkpoint.
@@ -36,7 +38,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skin_core.constants import FOLD, IMAGE_ID, LABEL, PATH, prob_columns
+from skin_core.constants import (
+    CALIBRATION_FOLD,
+    FOLD,
+    IMAGE_ID,
+    LABEL,
+    LESION_ID,
+    PATH,
+    prob_columns,
+)
 from skin_core.errors import ConfigError, DataError, SkinCoreError
 from skin_core.training.config import TrainConfig, config_from_dict, model_ids
 from skin_core.training.engine import CANCEL_FILE, FoldJob, TrainingCancelled, fold_finished
@@ -117,68 +127,6 @@ class RunStatus:
                    fold=event["fold"], epoch=event["epoch"])
 
 
-def _check_classes(dataset: Any, k: int) -> None:
-    counts = dataset.table[LABEL].value_counts()
-    short = [(c, int(counts.get(c, 0))) for c in dataset.classes if 0 < counts.get(c, 0) < k]
-    if short:
-        shown = ", ".join(f"{c} ({n} image{'s' if n != 1 else ''})" for c, n in short)
-        raise DataError(
-            f"Class {shown} has fewer images than the {k} folds, so some folds could not "
-            f"validate it; use --folds {min(n for _, n in short)} or fewer, or add images of "
-            "that class (or remove it from the dataset)."
-        )
-    if int((counts > 0).sum()) < 2:
-        raise DataError("The dataset has images of fewer than 2 classes; training needs at "
-                        "least 2 classes.")
-
-
-def _resolve_folds(dataset: Any, config: TrainConfig, folds: Any, run_dir: Path,
-                   resume: bool) -> pd.Series:
-    from skin_core.data.splits import make_folds, read_folds
-
-    existing = run_dir / "folds.csv"
-    if resume and existing.is_file():
-        series = read_folds(existing, dataset)
-        if folds is not None:
-            given = _folds_series(folds, dataset, read_folds)
-            if not given.equals(series):
-                raise DataError(
-                    f"The folds given differ from {existing} of the run being resumed; resume "
-                    "without --folds-file or start a new run directory."
-                )
-    elif folds is not None:
-        series = _folds_series(folds, dataset, read_folds)
-    else:
-        series = make_folds(dataset, k=config.folds, seed=config.seed)
-    found_k = int(series.max()) + 1 if len(series) else 0
-    present = sorted(set(series.tolist()))
-    if found_k != config.folds or present != list(range(config.folds)):
-        raise DataError(
-            f"The folds file has folds {present} but the run asks for {config.folds} folds "
-            f"(0..{config.folds - 1}); pass --folds {found_k} or a folds file made for "
-            f"{config.folds} folds."
-        )
-    return series
-
-
-def _folds_series(folds: Any, dataset: Any, read_folds: Any) -> pd.Series:
-    if isinstance(folds, pd.Series):
-        tmp = pd.DataFrame({IMAGE_ID: folds.index.astype(str), FOLD: folds.to_numpy()})
-        return _validate_frame_folds(tmp, dataset)
-    return read_folds(folds, dataset)
-
-
-def _validate_frame_folds(df: pd.DataFrame, dataset: Any) -> pd.Series:
-    import tempfile
-
-    from skin_core.data.splits import read_folds
-
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "folds.csv"
-        df.to_csv(p, index=False)
-        return read_folds(p, dataset)
-
-
 def _check_archs(config: TrainConfig) -> None:
     import timm
 
@@ -239,7 +187,16 @@ def _check_resume_compatible(run_dir: Path, doc: dict[str, Any]) -> list[str]:
         )
     old_train = old.get("train") or {}
     new_train = doc["train"]
-    for key in ("folds", "epochs", "batch_size", "lr", "seeds"):
+    if "epoch_selection" not in old_train:
+        raise ConfigError(
+            f"{p} was trained before epoch_selection existed: its members kept the epoch with "
+            "the best score on the very fold they predict, so its out-of-fold predictions are "
+            "biased and cannot be mixed with new ones; start a new run directory."
+        )
+    keys = ["folds", "epochs", "batch_size", "lr", "seeds", "epoch_selection"]
+    if new_train["epoch_selection"] == "inner":
+        keys += ["inner_fraction", "patience", "seed"]  # what the inner splits depend on
+    for key in keys:
         if key in old_train and old_train[key] != new_train[key]:
             raise ConfigError(
                 f"{p} has {key}={old_train[key]!r} but this command asks for "
@@ -287,15 +244,29 @@ def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
                run_dir: Path, *, resume: bool) -> list[FoldJob]:
     """One :class:`FoldJob` per (model, fold), in (arch, seed, fold) order.
 
+    Fold ``k`` trains on the images of the other folds (never on the calibration split, fold
+    -1) less, with ``epoch_selection: inner``, its inner split
+    (:func:`~skin_core.training.folds.inner_split`), and predicts fold ``k``.
+
     ``cache`` is one image cache, or a mapping ``input size -> cache`` when architectures
     train at different sizes (``config.img_sizes``); each job gets the cache of its size and
     its own ``img_size`` in the job's config.
     """
+    from skin_core.training.folds import inner_split
+
     table = dataset.table
     ids = table[IMAGE_ID].astype(str).to_numpy()
     labels = _label_index(dataset)
     fold_of = folds.reindex(ids).to_numpy()
     caches = cache if isinstance(cache, dict) else {config.img_size: cache}
+    masks = []  # per fold: (train, validation, inner); calibration images are in none
+    for k in range(config.folds):
+        train, val = (fold_of != CALIBRATION_FOLD) & (fold_of != k), fold_of == k
+        inner = np.zeros(len(ids), dtype=bool)
+        if config.epoch_selection == "inner":
+            inner = inner_split(table, train, fraction=config.inner_fraction,
+                                seed=config.seed, fold=k)
+        masks.append((train & ~inner, val, inner))
     jobs = []
     for model, arch, seed in model_ids(config):
         size = config.size_for(arch)
@@ -304,8 +275,7 @@ def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
         cfg = config.to_dict()
         cfg["img_size"] = size
         cfg["pretrained"] = config.pretrained_for(arch)
-        for k in range(config.folds):
-            tr, va = fold_of != k, fold_of == k
+        for k, (tr, va, inner) in enumerate(masks):
             jobs.append(FoldJob(
                 run_dir=str(run_dir), model=model, arch=arch, seed=seed, fold=k,
                 classes=tuple(dataset.classes), cache_path=str(arch_cache.path),
@@ -314,7 +284,9 @@ def build_jobs(dataset: Any, config: TrainConfig, folds: pd.Series, cache: Any,
                 train_labels=tuple(int(x) for x in labels[tr]),
                 val_rows=tuple(int(x) for x in rows[va]),
                 val_labels=tuple(int(x) for x in labels[va]),
-                val_ids=tuple(ids[va]), config=cfg, resume=resume))
+                val_ids=tuple(ids[va]), config=cfg, resume=resume,
+                inner_rows=tuple(int(x) for x in rows[inner]),
+                inner_labels=tuple(int(x) for x in labels[inner])))
     return jobs
 
 
@@ -328,7 +300,11 @@ def _label_index(dataset: Any) -> np.ndarray:
 
 def assemble_oof(run_dir: str | os.PathLike[str], dataset: Any,
                  models: list[tuple[str, str, int]], n_folds: int) -> pd.DataFrame:
-    """Concatenate the per-fold OOF parts into the long ``oof.csv`` table (dataset order)."""
+    """Concatenate the per-fold OOF parts into the long ``oof.csv`` table (dataset order).
+
+    Columns ``image_id, lesion_id, model, arch, fold, label, prob_<CLASS>...``; ``lesion_id``
+    comes from the dataset table (NaN where unknown).
+    """
     run_dir = Path(run_dir)
     order = {i: n for n, i in enumerate(dataset.table[IMAGE_ID].astype(str))}
     parts = []
@@ -344,12 +320,24 @@ def assemble_oof(run_dir: str | os.PathLike[str], dataset: Any,
         df = df.iloc[np.argsort(df[IMAGE_ID].map(order).to_numpy(), kind="stable")]
         parts.append(df)
     oof = pd.concat(parts, ignore_index=True)
-    cols = [IMAGE_ID, "model", "arch", FOLD, LABEL, *prob_columns(dataset.classes)]
+    table = dataset.table
+    lesions = (table[LESION_ID] if LESION_ID in table.columns
+               else pd.Series(np.nan, index=table.index, dtype=object))
+    lesion_of = pd.Series(lesions.to_numpy(), index=table[IMAGE_ID].astype(str).to_numpy())
+    oof[LESION_ID] = oof[IMAGE_ID].map(lesion_of)
+    cols = [IMAGE_ID, LESION_ID, "model", "arch", FOLD, LABEL, *prob_columns(dataset.classes)]
     return oof[cols]
 
 
-def oof_metrics(oof: pd.DataFrame, classes: tuple[str, ...], run_dir: Path) -> dict[str, Any]:
-    """Per model: OOF metrics over all images plus each fold's sidecar metrics."""
+def oof_metrics(oof: pd.DataFrame, classes: tuple[str, ...], run_dir: Path, *,
+                config: TrainConfig | None = None, n_calibration: int = 0) -> dict[str, Any]:
+    """Per model: OOF metrics over all images plus each fold's sidecar figures.
+
+    Each model's entry also says how its epochs were chosen (``epoch_selection``, with
+    ``inner_fraction`` when ``inner``) and how many images the run held out for calibration
+    (``n_calibration``); per fold: ``selected_epoch``, ``epochs_run``, ``n_train``,
+    ``n_inner`` and the fold's ``balanced_accuracy``, ``macro_f1``, ``accuracy``.
+    """
     from skin_core.analysis.metrics import classification_metrics
 
     lookup = {c: i for i, c in enumerate(classes)}
@@ -358,12 +346,18 @@ def oof_metrics(oof: pd.DataFrame, classes: tuple[str, ...], run_dir: Path) -> d
         labels = df[LABEL].map(lookup).to_numpy(dtype=np.int64)
         m = classification_metrics(labels, df[prob_columns(classes)].to_numpy(), classes)
         m["arch"] = str(df["arch"].iloc[0])
+        if config is not None:
+            m["epoch_selection"] = config.epoch_selection
+            if config.epoch_selection == "inner":
+                m["inner_fraction"] = config.inner_fraction
+        m["n_calibration"] = int(n_calibration)
         folds = {}
         for side in sorted((run_dir / "members" / str(model)).glob("fold*.json")):
             sc = json.loads(side.read_text())
-            folds[str(sc["fold"])] = {"best_epoch": sc["best_epoch"],
-                                      **{k: sc["metrics"][k] for k in (
-                                          "balanced_accuracy", "macro_f1", "accuracy")}}
+            folds[str(sc["fold"])] = {
+                **{k: sc.get(k) for k in ("selected_epoch", "epochs_run", "n_train",
+                                          "n_inner")},
+                **{k: sc["metrics"][k] for k in ("balanced_accuracy", "macro_f1", "accuracy")}}
         m["folds"] = folds
         out[str(model)] = m
     return out
@@ -392,7 +386,10 @@ def train_run(
         The :class:`TrainConfig` (architectures, folds, epochs, backend...).
     folds:
         A ``folds.csv`` path or a Series ``image_id -> fold``; default: lesion-grouped
-        stratified folds made with ``config.seed``.
+        stratified folds made with ``config.seed``. Images of fold -1
+        (``constants.CALIBRATION_FOLD``, the calibration split) are neither trained on nor
+        predicted; ``config.yaml`` (``calibration``) and ``metrics.json`` (``n_calibration``)
+        record how many there were.
     resume:
         Keep finished folds; continue interrupted folds from their last epoch checkpoint.
     progress:
@@ -408,10 +405,11 @@ def train_run(
     ------
     ConfigError
         Unknown architecture, image size too small, missing weights file, an existing run
-        without ``resume``, or a run/checkpoint made for other classes or options.
+        without ``resume``, a run/checkpoint made for other classes or options (or before
+        ``epoch_selection`` existed), or an inner split that takes no lesion.
     DataError
         Folds that do not match the dataset or ``config.folds``, a class with fewer images
-        than folds.
+        (outside the calibration split) than folds.
     TrainingCancelled
         The run's ``cancel`` file appeared; ``status.json`` says ``cancelled``.
     """
@@ -426,10 +424,12 @@ def train_run(
         from skin_core.data.tables import load_dataset
 
         dataset = load_dataset(dataset)
+    from skin_core.training.folds import calibration_record, check_classes, resolve_folds
+
     run_dir = Path(out)
     added: list[str] = []
     _check_archs(config)
-    _check_classes(dataset, config.folds)
+    check_classes(dataset, config.folds)
     fingerprint = dataset_fingerprint(dataset)
     doc = _run_doc(dataset, config, fingerprint)
     if (run_dir / "config.yaml").is_file():
@@ -442,7 +442,9 @@ def train_run(
     elif resume and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"{run_dir} has no config.yaml, so there is no run to resume; start "
                           "without --resume or choose another --out.")
-    series = _resolve_folds(dataset, config, folds, run_dir, resume)
+    series = resolve_folds(dataset, config, folds, run_dir, resume)
+    calibration = calibration_record(dataset, series)
+    doc["calibration"] = calibration
 
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CANCEL_FILE).unlink(missing_ok=True)
@@ -491,7 +493,8 @@ def train_run(
             run_local(todo, status=status, done=done, progress=progress, batch_hook=batch_hook)
         oof = assemble_oof(run_dir, dataset, models, config.folds)
         oof_path = run_dir / "oof.csv"
-        metrics = oof_metrics(oof, tuple(dataset.classes), run_dir)
+        metrics = oof_metrics(oof, tuple(dataset.classes), run_dir, config=config,
+                              n_calibration=calibration["n_images"])
         try:
             atomic_write_csv(oof_path, oof)
         except OSError as exc:

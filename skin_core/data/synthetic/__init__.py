@@ -61,7 +61,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skin_core.constants import ISIC2019_CLASSES, ISIC2019_UNKNOWN, SITE_VALUES
+from skin_core.constants import ISIC2019_CLASSES, ISIC2019_SITE_VALUES, ISIC2019_UNKNOWN
 from skin_core.data.synthetic import _tables
 from skin_core.data.synthetic._render import render_lesion, render_view
 from skin_core.errors import ConfigError
@@ -275,7 +275,8 @@ def _plan(n: int, seed: int, *, class_floor: float, blur_fraction: float,
         age = _tables.AGE_VALUES[age_i] if age_i < len(_tables.AGE_VALUES) else None
         sex = (("male", "female", None))[_choice(rng, _tables.SEX[c])]
         site_i = _choice(rng, _tables.SITE[c])
-        site = SITE_VALUES[site_i] if site_i < len(SITE_VALUES) else None
+        site = (ISIC2019_SITE_VALUES[site_i] if site_i < len(ISIC2019_SITE_VALUES)
+                else None)
         lesion_id = None
         if les_has_id[i]:
             lesion_counter += 1

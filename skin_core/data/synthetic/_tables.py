@@ -7,7 +7,7 @@ The generator never reads the real CSVs. Per class (ISIC 2019 order):
 * ``COUNTS``: images per class in ISIC 2019.
 * ``AGE``: P(age_approx = 0, 5, ..., 85), then P(age missing).
 * ``SEX``: P(male), P(female), P(missing).
-* ``SITE``: P(site) for each of ``constants.SITE_VALUES`` in order, then P(missing).
+* ``SITE``: P(site) for each of ``constants.ISIC2019_SITE_VALUES`` in order, then P(missing).
 * ``LESION_MISSING``: P(an image has no lesion_id).
 * ``GROUP_SIZE``: for images with a lesion_id, P(its lesion has 1, 2, ..., 7, >= 8 images).
 """
