@@ -3,7 +3,8 @@
 Steps, in order (each skipped when its outputs exist and its configuration is unchanged; see
 :mod:`skin_core.pipeline`)::
 
-    summary -> folds -> quality -> train -> difficulty -> readers -> meta -> bundle -> report
+    summary -> folds -> quality -> train -> difficulty -> readers -> meta -> bundle
+            -> index -> calibrate -> report
 
 Every step runs the code of its own ``skin-core`` verb (:func:`skin_core.cli.invoke`), so the
 study, the command line and the app cannot drift apart. The study folder::
@@ -11,13 +12,16 @@ study, the command line and the app cannot drift apart. The study folder::
     DIR/config.yaml            the resolved study configuration
     DIR/steps.json             step fingerprints, timings and summaries (resume state)
     DIR/dataset.csv            the dataset table;  DIR/summary.json  its summary
-    DIR/folds.csv              lesion-grouped stratified folds (image_id, fold)
+    DIR/folds.csv              lesion-grouped stratified folds (image_id, fold); fold -1 is
+                               the calibration split (config ``calibration.fraction``)
     DIR/quality.csv            image-quality measures and blur_score per image
     DIR/run/                   the training run (config.yaml, oof.csv, members/...)
     DIR/difficulty/            difficulty.csv, significance.json, quality_vs_difficulty.json
     DIR/readers/               readers.json, readers.md, reader_images.csv (with readings)
     DIR/meta/                  meta-classifier, calibration, conformal sets, referral model
     DIR/bundle/ (or --bundle)  the servable model bundle
+    DIR/retrieval/index.json   the bundle's similar-case index (kNN vs softmax out of fold)
+    DIR/calibration/           validation.json: the served pipeline on the calibration split
     DIR/report.md, report.html the report (tables and Plotly figures)
 """
 
@@ -47,6 +51,9 @@ from skin_core.pipeline import Pipeline, Step, StepContext, StepOutcome
 DEFAULT_CONFIG: dict[str, Any] = {
     "dataset": None,
     "folds": {"k": 5, "seed": 0},
+    # a lesion-grouped, class-stratified share that no CNN and no meta-model trains on; the
+    # served pipeline is calibrated and measured there (skin-core calibrate). 0 turns it off.
+    "calibration": {"fraction": 0.15, "seed": 0},
     "quality": {"workers": None},
     "train": {},  # TrainConfig fields (skin_core.training.config); defaults there
     "difficulty": {"by": "model", "min_wrong": None, "permutations": 10_000, "seed": 0},
@@ -59,7 +66,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 STEP_NAMES: tuple[str, ...] = (
-    "summary", "folds", "quality", "train", "difficulty", "readers", "meta", "bundle", "report",
+    "summary", "folds", "quality", "train", "difficulty", "readers", "meta", "bundle",
+    "index", "calibrate", "report",
 )
 
 
@@ -151,10 +159,19 @@ def build_study(
         atomic_write_json(ctx.path("summary.json"), s)
         return s
 
+    cal = {"fraction": 0.0, "seed": 0, **(cfg.get("calibration") or {})}
+    cal_fraction = float(cal["fraction"])
+    if not 0.0 <= cal_fraction < 0.5:
+        raise ConfigError(f"calibration.fraction must be in [0, 0.5) (e.g. 0.15, or 0 for no "
+                          f"calibration split); got {cal['fraction']!r}.")
+
     def folds(ctx: StepContext) -> dict[str, Any]:
         f = cfg["folds"]
-        return invoke(["data", "folds", "--dataset", dataset, "--k", str(f["k"]),
-                       "--seed", str(f["seed"]), "--out", str(ctx.path("folds.csv"))])
+        argv = ["data", "folds", "--dataset", dataset, "--k", str(f["k"]),
+                "--seed", str(f["seed"]), "--out", str(ctx.path("folds.csv"))]
+        if cal_fraction > 0:
+            argv += ["--calibration", str(cal_fraction), "--calibration-seed", str(cal["seed"])]
+        return invoke(argv)
 
     def quality(ctx: StepContext) -> dict[str, Any]:
         argv = ["quality", "--dataset", dataset, "--out", str(ctx.path("quality.csv"))]
@@ -172,7 +189,13 @@ def build_study(
                               "trains on its own folds.csv).")
         argv += ["--folds", str(cfg["folds"]["k"])]
         if (ctx.path("run") / "config.yaml").is_file():
-            argv.append("--resume")  # an interrupted training continues where it stopped
+            stale = _stale_run(ctx.path("run"), ctx.path("folds.csv"))
+            if stale:
+                kept = _move_aside(ctx.path("run"))
+                ctx.progress(f"train: the existing run {stale}; it was moved to {kept.name} "
+                             "(nothing deleted) and a new run starts")
+            else:
+                argv.append("--resume")  # an interrupted training continues where it stopped
         if _quiet_bars():
             argv.append("--no-progress")
         return invoke(argv)
@@ -219,6 +242,22 @@ def build_study(
                        "--quality", str(ctx.path("quality.csv")), "--out", str(bundle_out),
                        "--overwrite"])  # the step reruns only when its inputs changed
 
+    def index(ctx: StepContext) -> dict[str, Any]:
+        info = invoke(["index", "--bundle", str(bundle_out), "--dataset", dataset, "--folds",
+                       str(ctx.path("folds.csv")), "--no-progress"])
+        atomic_write_json(ctx.path("retrieval/index.json"), info)
+        return {"n_images": info.get("n_images"), "dim": info.get("dim"),
+                "oof": info.get("oof")}
+
+    def calibrate(ctx: StepContext) -> dict[str, Any]:
+        m = cfg["meta"]
+        validation = invoke(["calibrate", "--bundle", str(bundle_out), "--dataset", dataset,
+                             "--folds", str(ctx.path("folds.csv")), "--coverage",
+                             str(m["coverage"]), "--seed", str(cal["seed"]), "--no-progress"])
+        atomic_write_json(ctx.path("calibration/validation.json"), validation)
+        return {k: validation.get(k) for k in ("n_images", "coverage", "mean_set_size",
+                                               "referral_rate", "ece", "balanced_accuracy")}
+
     def report(ctx: StepContext) -> dict[str, Any]:
         from skin_core.report import write_report
 
@@ -237,15 +276,64 @@ def build_study(
              ("difficulty/difficulty.csv", "difficulty/significance.json"),
              ("train", "quality"), config=cfg["difficulty"]),
         Step("readers", readers, ("readers/readers.json",), ("difficulty",),
-             config={**cfg["readers"], "readings": str(readings_path), "simulate": simulate},
+             config={**cfg["readers"], "readings": str(readings_path), "simulate": simulate,
+                     "readings_sha256": _file_digest(readings_path) if not simulate else None},
              enabled=simulate or readings is not None),
         Step("meta", meta, ("meta/meta.json",), ("train", "quality"), config=cfg["meta"]),
         Step("bundle", bundle, (os.path.relpath(bundle_out / "bundle.json", out),),
              ("meta",), config={"out": str(bundle_out)}, enabled=have_bundle_verb),
+        Step("index", index, ("retrieval/index.json",), ("bundle",), config={"version": 1},
+             enabled=have_bundle_verb),
+        Step("calibrate", calibrate, ("calibration/validation.json",),
+             ("bundle", "index", "folds"),
+             config={**cal, "coverage": cfg["meta"]["coverage"]},
+             enabled=have_bundle_verb and cal_fraction > 0),
         Step("report", report, ("report.md", "report.html"),
-             ("summary", "train", "difficulty", "meta"), config={"version": 1}),
+             ("summary", "train", "difficulty", "readers", "meta", "index", "calibrate"),
+             config={"version": 2}),
     ]
     return Pipeline(out, steps)
+
+
+def _stale_run(run: Path, folds: Path) -> str | None:
+    """Why an existing run folder cannot be resumed by this study (``None``: it can): it was
+    trained on other folds (e.g. before the calibration split existed) or before out-of-fold
+    predictions stopped choosing their epoch on the fold they predict."""
+    import pandas as pd
+
+    try:
+        doc = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return "has an unreadable config.yaml"
+    if "epoch_selection" not in (doc.get("train") or {}):
+        return "chose each fold's epoch on the fold it predicts (made by an older version)"
+    if (run / "folds.csv").is_file() and folds.is_file():
+        a = pd.read_csv(run / "folds.csv", dtype={"image_id": str}).sort_values("image_id")
+        b = pd.read_csv(folds, dtype={"image_id": str}).sort_values("image_id")
+        if not (a["image_id"].tolist() == b["image_id"].tolist()
+                and a["fold"].tolist() == b["fold"].tolist()):
+            return "was trained on other folds than the study's folds.csv"
+    return None
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.replaced-<UTC time>`` beside it; returns the new path."""
+    from datetime import datetime, timezone
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.replaced-{stamp}")
+    path.rename(target)
+    return target
+
+
+def _file_digest(path: Path) -> str | None:
+    """sha256 of a file's content (``None`` when absent), so a step redoes when it changes."""
+    import hashlib
+
+    if not path.is_file():
+        return None
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _has_verb(name: str) -> bool:

@@ -31,6 +31,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "readers",
     "meta",
     "bundle",
+    "index",
+    "calibrate",
     "predict",
     "study",
 )

@@ -39,6 +39,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--metadata", default=None, metavar="CSV",
                    help="per-image metadata: image_id, age_approx, sex, anatom_site_general")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument("--similar", type=int, default=0, metavar="K",
+                   help="also return the K most similar training images, one per lesion "
+                   "(needs a bundle indexed by `skin-core index`)")
     p.add_argument("--heatmap-dir", default=None, metavar="DIR",
                    help="write a Grad-CAM overlay PNG per image into DIR")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -109,6 +112,9 @@ def _human(r: Any) -> str:
     tops = ", ".join(f"{c} {p:.2f}" for c, p in top)
     ref = r.referral
     refer = (f"REFER ({', '.join(ref['reasons'])})" if ref.get("refer") else "no referral")
+    if r.similar:
+        refer += "; similar: " + ", ".join(f"{h['image_id']} {h['label']} {h['similarity']:.2f}"
+                                           for h in r.similar)
     return (f"{r.image}: {r.label} [{tops}]; set {{{', '.join(r.prediction_set)}}}; blur "
             f"{r.quality['blur_score']:.2f}{' (blurry)' if r.quality['is_blurry'] else ''}; "
             f"{refer}" + (f"; warnings: {' '.join(r.warnings)}" if r.warnings else ""))
@@ -121,13 +127,19 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 1:
         raise ConfigError("--batch-size and --workers must be at least 1.")
+    if args.similar < 0:
+        raise ConfigError(f"--similar must be 0 or more; got {args.similar}.")
     images, total = _expand(args)
     metadata = _metadata(args)
     predictor = Predictor(args.bundle, device=args.device, tta=args.tta)
+    if args.similar and predictor.retrieval is None:
+        raise ConfigError(f"Bundle {args.bundle} has no retrieval index, so --similar cannot "
+                          "find similar cases; build it with `skin-core index --bundle "
+                          f"{args.bundle} --dataset SPEC --folds folds.csv`.")
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     results = predictor.iter_predict(images, metadata=metadata, batch_size=args.batch_size,
                                      workers=args.workers, heatmap=heat_dir is not None,
-                                     progress=total > 1, total=total)
+                                     progress=total > 1, total=total, similar=args.similar)
     if heat_dir is not None:
         results = _save_heatmaps(results, heat_dir)
     failures: list[str] = []

@@ -49,6 +49,8 @@ MANIFEST = "bundle.json"
 QUALITY_REFERENCE = "quality_reference.json"
 META_DIR = "meta"
 META_NOMETA_DIR = "meta_nometa"
+#: Where `skin-core meta --out DIR` puts its metadata-free meta-classifier.
+NOMETA_SUBDIR = "nometa"
 
 #: Files of these types can execute code when loaded by common tools; an unlisted one is refused.
 CODE_SUFFIXES: tuple[str, ...] = (
@@ -126,6 +128,29 @@ class Bundle:
                 return m
         return self.members[0]
 
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """``bundle.json`` ``provenance`` (dataset, ``synthetic``, counts, code version); for
+        bundles built before it existed, what the manifest's run record tells."""
+        prov = self.manifest.get("provenance")
+        if isinstance(prov, dict):
+            return dict(prov)
+        run = self.manifest.get("run") or {}
+        return provenance(Path(str(run.get("path") or self.path / "missing-run")),
+                          {"dataset": {"spec": run.get("dataset")}}, self.classes)
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the bundle was trained on synthetic (demo) images."""
+        return bool(self.provenance.get("synthetic"))
+
+    @property
+    def validation(self) -> dict[str, Any] | None:
+        """What the served pipeline measured on the held-out calibration split
+        (``skin-core calibrate``), or ``None`` when it was never calibrated there."""
+        v = self.manifest.get("validation")
+        return dict(v) if isinstance(v, dict) else None
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (name, classes, models, meta, run)."""
         return {"path": str(self.path), "name": self.manifest.get("name"),
@@ -133,7 +158,8 @@ class Bundle:
                 "n_members": len(self.members), "meta": self.meta is not None,
                 "meta_without_metadata": self.meta_nometa is not None,
                 "quality_reference": self.quality_reference is not None,
-                "run": self.manifest.get("run"), "created": self.manifest.get("created")}
+                "run": self.manifest.get("run"), "created": self.manifest.get("created"),
+                "provenance": self.provenance, "validation": self.validation}
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,6 +379,58 @@ def _oof_ensemble(run: Path, classes: tuple[str, ...], models: list[str]
     return mean.to_numpy(dtype=float)[keep], y[keep]
 
 
+def _code_version() -> str:
+    """``skin-core X.Y.Z`` plus the git commit of the source tree when it is a checkout."""
+    import subprocess
+
+    from skin_core import __version__
+
+    version = f"skin-core {__version__}"
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version} ({out.stdout.strip()})" if out.returncode == 0 and out.stdout else version
+
+
+def provenance(run: Path, config: dict[str, Any], classes: tuple[str, ...]) -> dict[str, Any]:
+    """Where a bundle came from: dataset spec, synthetic or real, image and lesion counts of
+    its training run (out-of-fold rows), classes, date and code version.
+
+    ``synthetic`` is true when the dataset folder holds the demo generator's
+    ``generation_truth.csv`` (the embedded demo) and, for older runs without a readable
+    spec, ``None``.
+    """
+    import pandas as pd
+
+    spec = (config.get("dataset") or {}).get("spec")
+    synthetic: bool | None = None
+    if spec and spec != "frame":
+        try:
+            from skin_core.data.tables import parse_spec
+
+            _kind, path, _opts = parse_spec(str(spec))
+            root = path if path.is_dir() else path.parent
+            synthetic = (root / "generation_truth.csv").is_file()
+        except Exception:  # noqa: BLE001 - an unparsable spec only leaves it unknown
+            synthetic = None
+    n_images = n_lesions = None
+    oof_path = run / "oof.csv"
+    if oof_path.is_file():
+        cols = pd.read_csv(oof_path, nrows=0).columns
+        use = [c for c in ("image_id", "lesion_id") if c in cols]
+        oof = pd.read_csv(oof_path, usecols=use, dtype=str).drop_duplicates("image_id")
+        n_images = int(len(oof))
+        if "lesion_id" in oof.columns:
+            lesion = oof["lesion_id"].where(oof["lesion_id"].notna(), "image:" + oof["image_id"])
+            n_lesions = int(lesion.nunique())
+    return {"dataset": spec, "synthetic": synthetic, "n_images": n_images,
+            "n_lesions": n_lesions, "classes": list(classes),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "code_version": _code_version()}
+
+
 def build_bundle(
     run: str | os.PathLike[str],
     *,
@@ -436,6 +514,9 @@ def build_bundle(
                             f"{model_ids}.")
     metrics = _read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
 
+    if meta is not None and meta_without_metadata is None and (
+            Path(meta) / NOMETA_SUBDIR / META_MANIFEST).is_file():
+        meta_without_metadata = Path(meta) / NOMETA_SUBDIR  # skin-core meta writes both
     metas: dict[str, Any] = {}
     for sub, src in ((META_DIR, meta), (META_NOMETA_DIR, meta_without_metadata)):
         if src is None:
@@ -524,6 +605,10 @@ def build_bundle(
             },
             "ensemble_conformal": conformal.to_dict(),
             "quality_reference": QUALITY_REFERENCE if has_qref else None,
+            "provenance": provenance(run, config, classes),
+            "calibration": {"fitted_on": "training out-of-fold predictions of single fold "
+                            "models (not the served ensemble); run `skin-core calibrate` on a "
+                            "held-out split to fit the served pipeline"},
         }
         manifest["files"] = {_rel(f, tmp): file_sha256(f)
                              for f in sorted(tmp.rglob("*")) if f.is_file()}
@@ -553,5 +638,6 @@ __all__ = [
     "ensemble_entropy",
     "file_sha256",
     "load_bundle",
+    "provenance",
     "verify_bundle",
 ]

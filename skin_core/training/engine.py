@@ -44,6 +44,7 @@ import numpy as np
 
 from skin_core.constants import prob_columns
 from skin_core.errors import ConfigError, SkinCoreError
+from skin_core.models.device import resolve_device
 from skin_core.training.config import TrainConfig
 
 CANCEL_FILE = "cancel"
@@ -100,23 +101,6 @@ def fold_finished(job: FoldJob) -> bool:
     d = job.member_dir
     return job.sidecar.is_file() and (d / f"fold{job.fold}.safetensors").is_file() and (
         d / f"fold{job.fold}.oof.csv").is_file()
-
-
-def resolve_device(name: str = "auto") -> str:
-    """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``; checks explicit names."""
-    import torch
-
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = bool(mps and mps.is_available())
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else ("mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use "
-                          "--device auto or cpu.")
-    if name == "mps" and not has_mps:
-        raise ConfigError("--device mps was asked for but Apple MPS is not available; use "
-                          "--device auto or cpu.")
-    return name
 
 
 def job_seed(seed: int, arch: str, fold: int) -> int:
