@@ -15,6 +15,9 @@ fi
 if [ -z "${SKIN_CORE_ISIC2019_CSV_DIR:-}" ] && [ -d ../shared/data/isic2019 ]; then
   export SKIN_CORE_ISIC2019_CSV_DIR="$(cd ../shared/data/isic2019 && pwd)"
 fi
+if [ -z "${SKIN_CORE_HAM10000_OOF:-}" ] && [ -f ../shared/data/ham10000-oof/oof.csv ]; then
+  export SKIN_CORE_HAM10000_OOF="$(cd ../shared/data/ham10000-oof && pwd)/oof.csv"
+fi
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers here).
 if ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then

@@ -38,8 +38,17 @@ def test_standalone_oof_and_metadata_with_json(files, tmp_path, capsys):
     report = json.loads((tmp_path / "meta.json").read_text())
     assert report["data"]["unknown_values"] == {"anatom_site_general": ["left elbow"]}
     assert report["conformal"]["target_coverage"] == 0.8
-    for name in ("meta_oof.csv", "meta_predictor.json", "meta_model.txt"):
+    for name in ("meta_oof.csv", "meta_predictor.json", "meta_model.txt",
+                 "nometa/meta_predictor.json", "nometa/meta_model.txt"):
         assert (tmp_path / name).is_file()
+    from skin_core.meta import load_predictor
+
+    nometa = load_predictor(tmp_path / "nometa")
+    assert not nometa.feature_spec.metadata and load_predictor(tmp_path).feature_spec.metadata
+    assert out["files"]["predictor_nometa"] == str(tmp_path / "nometa" / "meta_predictor.json")
+    assert set(out["missing_metadata"]["balanced_accuracy"]) == {
+        "none", "age", "sex", "site", "age+sex", "age+site", "sex+site", "all"}
+    assert report["settings"]["masked_copies"] == 1
 
 
 @pytest.mark.slow
@@ -58,6 +67,10 @@ def test_run_folder_with_metadata(files, tmp_path, capsys):
         (["--oof", "{d}/oof.csv", "--metadata", "{d}/meta.csv", "--coverage", "90"],
          "--coverage must be between 0 and 1"),
         (["--oof", "{d}/oof.csv"], "needs --dataset SPEC or --metadata CSV"),
+        (["--oof", "{d}/oof.csv", "--metadata", "{d}/meta.csv", "--masked-copies", "-1"],
+         "--masked-copies must be 0 or more"),
+        (["--oof", "{d}/oof.csv", "--metadata", "{d}/meta.csv", "--folds", "{d}/nope.csv"],
+         "folds file"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(files, tmp_path, capsys, args, message):
@@ -81,3 +94,46 @@ def test_folds_file_that_disagrees_with_the_oof_is_refused(files, tmp_path, caps
                  "--out", str(tmp_path / "o")])
     assert code == 2
     assert "does not belong to this run" in capsys.readouterr().err
+
+
+@pytest.fixture()
+def run_with_calibration_split(files, tmp_path):
+    """A run folder whose folds.csv holds 20 calibration images (fold -1) that the OOF table,
+    as training writes it, does not predict; the metadata table has every image."""
+    import pandas as pd
+
+    run = tmp_path / "run"
+    run.mkdir()
+    oof = pd.read_csv(files / "oof.csv")
+    held = sorted(oof["image_id"].unique())[:20]
+    folds = oof.drop_duplicates("image_id")[["image_id", "fold"]].copy()
+    folds.loc[folds["image_id"].isin(held), "fold"] = -1
+    folds.to_csv(run / "folds.csv", index=False)
+    oof[~oof["image_id"].isin(held)].to_csv(run / "oof.csv", index=False)
+    return run, oof, held
+
+
+@pytest.mark.slow
+def test_calibration_images_are_left_out_of_the_meta_step(files, run_with_calibration_split,
+                                                          tmp_path, capsys):
+    run, _, held = run_with_calibration_split
+    code = main(["meta", "--run", str(run), "--metadata", str(files / "meta.csv"),
+                 "--out", str(tmp_path / "o"), "--bootstrap", "0", "--json"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "o" / "meta.json").read_text())
+    assert report["source"]["calibration_images_left_out"] == 20
+    assert report["data"]["n_images"] == 240 - 20
+    assert "n_dataset_without_oof" in report["data"]
+    assert report["data"]["n_dataset_without_oof"] == 0
+
+
+def test_an_oof_table_that_predicts_calibration_images_is_refused(
+        files, run_with_calibration_split, tmp_path, capsys):
+    run, oof, held = run_with_calibration_split
+    bad = oof.copy()
+    bad.loc[bad["image_id"].isin(held), "fold"] = -1
+    bad.to_csv(run / "oof.csv", index=False)
+    code = main(["meta", "--run", str(run), "--metadata", str(files / "meta.csv"),
+                 "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "calibration split" in capsys.readouterr().err

@@ -12,13 +12,14 @@ from skin_core.constants import prob_columns
 from skin_core.errors import DataError
 from skin_core.meta.features import (
     CATEGORIES,
+    QUALITY_FEATURES,
     MetaFeatureWarning,
     build_feature_array,
     build_features,
     category_codes,
-    ensemble_feature_arrays,
     feature_name,
     oof_to_wide,
+    quality_feature_columns,
     wide_from_probs,
 )
 from skin_core.meta.synthetic import make_synthetic_oof
@@ -154,15 +155,54 @@ def test_metadata_without_a_row_for_an_image_is_refused(tiny):
         build_features(oof, meta[meta["image_id"] != "SYN_0000009"], source="meta.csv")
 
 
-def test_quality_columns_become_features_with_nan_for_absent_images(tiny):
+def test_allowed_quality_columns_become_features_with_nan_for_absent_images(tiny):
     oof, meta = tiny
     q = pd.DataFrame({"image_id": meta["image_id"][:50], "blur_score": np.arange(50.0),
-                      "is_blurry": [True, False] * 25})
+                      "width": np.arange(50) + 600, "is_blurry": [True, False] * 25,
+                      "contrast": [True, False] * 25})
     X, spec = build_features(oof, meta, quality=q)
-    assert spec.quality_columns == ("blur_score", "is_blurry")
+    assert spec.quality_columns == ("contrast", "blur_score")  # allow-list order
     assert X.loc["SYN_0000003", "q_blur_score"] == 3.0
-    assert X.loc["SYN_0000000", "q_is_blurry"] == 1.0
+    assert X.loc["SYN_0000000", "q_contrast"] == 1.0
     assert np.isnan(X.loc["SYN_0000055", "q_blur_score"])
+    assert "q_width" not in X and "q_is_blurry" not in X
+
+
+def test_the_allow_list_is_the_resolution_normalised_quality_measures():
+    from skin_core.analysis.quality import MEASURES, QUALITY_COLUMNS
+
+    assert set(QUALITY_FEATURES) <= set(QUALITY_COLUMNS)
+    assert set(QUALITY_FEATURES) == set(MEASURES) - {"width", "height",
+                                                     "laplacian_var_full"} | {"blur_score"}
+
+
+def test_a_full_quality_table_keeps_only_allowed_measures_without_error(tiny):
+    from skin_core.analysis.quality import QUALITY_COLUMNS
+
+    _, meta = tiny
+    rng = np.random.default_rng(0)
+    q = pd.DataFrame({c: rng.random(len(meta)) for c in QUALITY_COLUMNS})
+    q["image_id"], q["error"], q["my_score"] = meta["image_id"], "", 3.0
+    q["is_blurry"] = q["blur_score"] < 0.5
+    assert quality_feature_columns(q) == QUALITY_FEATURES
+
+
+def test_a_non_numeric_allowed_quality_measure_is_refused(tiny):
+    oof, meta = tiny
+    q = pd.DataFrame({"image_id": meta["image_id"], "blur_score": ["sharp"] * len(meta),
+                      "width": ["big"] * len(meta)})
+    with pytest.raises(DataError, match="column blur_score has the non-numeric value 'sharp'"):
+        build_features(oof, meta, quality=q)
+    X, spec = build_features(oof, meta, quality=q.drop(columns=["blur_score"]))
+    assert spec.quality_columns == () and not any(c.startswith("q_") for c in X)
+
+
+def test_a_single_model_gets_no_duplicate_mean_columns(tiny):
+    oof, meta = tiny
+    X, spec = build_features(oof[oof["model"] == "a"], meta)
+    assert list(X.columns) == [feature_name("a", c) for c in CLASSES] + [
+        "age_approx", "sex", "anatom_site_general"]
+    assert spec.ensemble_mean is False
 
 
 def test_pandas_string_dtype_with_missing_values(tiny):
@@ -197,7 +237,7 @@ def test_feature_array_equals_build_features(tiny, options):
     q = None
     if options.pop("with_quality", False):
         q = pd.DataFrame({"image_id": meta["image_id"], "blur_score": np.linspace(0, 2, 60),
-                          "is_blurry": [True, False, None] * 20})
+                          "contrast": [True, False, None] * 20})
     X, spec = build_features(oof, meta, quality=q, **options)
     wide = oof_to_wide(oof)
     probs = {m: wide.probs(m) for m in wide.models}
@@ -205,7 +245,7 @@ def test_feature_array_equals_build_features(tiny, options):
     quality = None
     if q is not None:
         quality = {c: q.set_index("image_id").loc[wide.table.index, c].to_numpy()
-                   for c in ("blur_score", "is_blurry")}
+                   for c in ("blur_score", "contrast")}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # NaN among strings is missing, not the value "nan"
         A = build_feature_array(spec, probs, age=md["age_approx"].to_numpy(),
@@ -239,18 +279,3 @@ def test_feature_array_warns_about_values_outside_the_vocabulary(tiny):
                                 source="upload.csv")
     assert np.isnan(A[:, spec.columns.index("age_approx")]).sum() == 0
     assert (A[:, spec.columns.index("sex")] == 2).all()  # missing -> unknown
-
-
-def test_ensemble_feature_arrays_equal_referral_features():
-    from skin_core.meta.referral import ENSEMBLE_FEATURES, ensemble_features
-
-    rng = np.random.default_rng(5)
-    for m in (1, 3):
-        stacked = rng.dirichlet(np.full(4, 0.5), (m, 200))
-        frame = ensemble_features(stacked, ("A", "B", "C", "D"))
-        arrays = ensemble_feature_arrays(stacked)
-        assert tuple(arrays) == ENSEMBLE_FEATURES
-        assert set(frame["ens_pred"]) == {"A", "B", "C", "D"}
-        for name in ENSEMBLE_FEATURES:
-            want = (frame[name].cat.codes if name == "ens_pred" else frame[name]).to_numpy(float)
-            np.testing.assert_array_equal(arrays[name], want, err_msg=name)

@@ -214,3 +214,54 @@ def test_fast_path_errors_are_one_sentence(fitted):
     broken.booster.pandas_categorical = broken.booster.pandas_categorical[:1]
     with pytest.raises(DataError, match="meta_model.txt was trained with 1 categorical"):
         broken.predict_arrays(probs, quality=quality)
+
+
+def test_refitting_calibration_conformal_and_referral_on_held_out_data(fitted, tmp_path):
+    """The lead's contract: a predictor's calibrator, conformal thresholds and referral
+    threshold refitted on a held-out calibration split (served outputs) with the public
+    functions, swapped in with dataclasses.replace, saved and loaded again."""
+    import dataclasses
+
+    from skin_core.meta import choose_threshold, fit_calibrator, fit_conformal
+
+    *_, folder = fitted
+    pred = load_predictor(folder)
+    # held-out images the meta-model never saw (another draw of the same generator)
+    oof, meta = make_synthetic_oof(1200, classes=CLASSES, archs=("a", "b"), n_folds=3, seed=21)
+    wide = oof_to_wide(oof)
+    md = meta.set_index("image_id").loc[wide.table.index]
+    y = wide.label_index()
+    probs = {m: wide.probs(m) for m in pred.feature_spec.models}
+    quality = {"blur_score": np.random.default_rng(1).random(len(y))}
+    cal_rows, test_rows = np.arange(len(y)) < 600, np.arange(len(y)) >= 600
+
+    def scores(rows):
+        return pred.predict_arrays({m: p[rows] for m, p in probs.items()},
+                                   age=md["age_approx"].to_numpy()[rows],
+                                   sex=list(md["sex"][rows]),
+                                   site=list(md["anatom_site_general"][rows]),
+                                   quality={"blur_score": quality["blur_score"][rows]})
+
+    s = scores(cal_rows)
+    calibrator = fit_calibrator(s.raw, y[cal_rows], method="temperature",
+                                groups=md["lesion_id"].to_numpy()[cal_rows])
+    assert calibrator.method == "temperature" and calibrator.temperature != 1.0
+    conformal = fit_conformal(calibrator.transform(s.raw), y[cal_rows], pred.classes,
+                              coverage=0.8)
+    wrong = difficulty_target(np.stack([p[cal_rows] for p in probs.values()]), y[cal_rows])
+    threshold = choose_threshold(s.referral_prob, wrong, sensitivity=0.8)
+    new = dataclasses.replace(pred, calibrator=calibrator, conformal=conformal,
+                              referral=dataclasses.replace(pred.referral, threshold=threshold))
+    save_predictor(new, tmp_path / "refit")
+    again = load_predictor(tmp_path / "refit")
+    assert again.calibrator == calibrator and again.conformal == conformal
+    assert again.referral.threshold == threshold
+    t = again.predict_arrays({m: p[test_rows] for m, p in probs.items()},
+                             age=md["age_approx"].to_numpy()[test_rows],
+                             sex=list(md["sex"][test_rows]),
+                             site=list(md["anatom_site_general"][test_rows]),
+                             quality={"blur_score": quality["blur_score"][test_rows]})
+    np.testing.assert_allclose(t.probs, calibrator.transform(t.raw))
+    np.testing.assert_array_equal(t.refer, t.referral_prob >= threshold)
+    covered = t.members[np.arange(test_rows.sum()), y[test_rows]].mean()
+    assert abs(covered - 0.8) <= 0.05  # held-out coverage of the refitted sets

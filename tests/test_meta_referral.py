@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from skin_core.meta.referral import (
+    ENSEMBLE_FEATURES,
     choose_threshold,
     difficulty_target,
+    ensemble_feature_arrays,
     ensemble_features,
     referral_rates,
 )
@@ -54,3 +56,16 @@ def test_threshold_without_positives_refers_nobody():
     assert choose_threshold(np.array([0.2, 0.9]), np.array([0, 0])) == 1.0
     with pytest.raises(ValueError, match="'sensitivity'"):
         choose_threshold(np.array([0.2]), np.array([1]), sensitivity=1.5)
+
+
+def test_ensemble_feature_arrays_equal_referral_features():
+    rng = np.random.default_rng(5)
+    for m in (1, 3):
+        stacked = rng.dirichlet(np.full(4, 0.5), (m, 200))
+        frame = ensemble_features(stacked, ("A", "B", "C", "D"))
+        arrays = ensemble_feature_arrays(stacked)
+        assert tuple(arrays) == ENSEMBLE_FEATURES
+        assert set(frame["ens_pred"]) == {"A", "B", "C", "D"}
+        for name in ENSEMBLE_FEATURES:
+            want = (frame[name].cat.codes if name == "ens_pred" else frame[name]).to_numpy(float)
+            np.testing.assert_array_equal(arrays[name], want, err_msg=name)

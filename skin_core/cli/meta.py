@@ -8,7 +8,13 @@ cross-validation of :func:`skin_core.meta.evaluate_meta` and writes to ``--out D
   paired difference against the mean ensemble, calibration, conformal sets and referral;
 * ``meta_oof.csv``: out-of-fold calibrated probabilities, prediction sets, referral scores;
 * ``meta_predictor.json`` + ``meta_model.txt`` + ``referral_model.txt``: the predictor fitted
-  on all images (LightGBM text models + JSON; no pickle).
+  on all images (LightGBM text models + JSON; no pickle), trained with masked copies so that
+  any subset of age, sex and site may be missing;
+* ``nometa/`` (the same files): the metadata-free predictor (and referral model), served when
+  an upload comes without any metadata.
+
+Images of the calibration split (``fold == -1`` in the run's ``folds.csv`` or ``--folds``)
+are left out of the metadata table: no meta-model trains on them.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from skin_core.cli._common import add_dataset_option, add_json_option, print_json
+
+#: Sub-folder of ``--out`` with the metadata-free predictor.
+NOMETA_DIR = "nometa"
 
 
 def register(subparsers: Any) -> None:
@@ -53,6 +62,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--models", default=None, metavar="A,B,...",
                    help="models of the OOF table to stack (default: all)")
     p.add_argument("--use-logits", action="store_true", help="stack log-probabilities")
+    p.add_argument("--masked-copies", type=int, default=1, metavar="N",
+                   help="copies of each training row with a random subset of age/sex/site "
+                   "missing, for the metadata models (default 1; 0: none)")
+    p.add_argument("--folds", default=None, metavar="folds.csv",
+                   help="folds table whose fold -1 rows (the calibration split) are left out "
+                   "(default: RUN/folds.csv)")
     p.add_argument("--restrict", action="store_true",
                    help="use only images with predictions from every model and metadata "
                    "(reported) instead of refusing incomplete input")
@@ -115,6 +130,37 @@ def _check_folds(oof, folds_path: Path) -> None:
         )
 
 
+def _calibration_ids(folds_path: Path | None) -> set[str]:
+    """Image ids of the calibration split (``fold == CALIBRATION_FOLD``) in a folds table."""
+    import pandas as pd
+
+    from skin_core.constants import CALIBRATION_FOLD
+
+    if folds_path is None or not folds_path.is_file():
+        return set()
+    folds = _read_csv(folds_path, "folds")
+    if "fold" not in folds.columns or "image_id" not in folds.columns:
+        return set()
+    held = pd.to_numeric(folds["fold"], errors="coerce") == CALIBRATION_FOLD
+    return set(folds.loc[held, "image_id"].astype(str))
+
+
+def _without_calibration(oof, metadata, held: set[str], folds_path: Path | None):
+    """``metadata`` without the calibration images; refuses an OOF table that predicts them."""
+    from skin_core.errors import DataError
+
+    if not held or "image_id" not in oof.columns or "image_id" not in metadata.columns:
+        return metadata  # evaluate_meta names missing columns
+    in_oof = sorted(held & set(oof["image_id"].astype(str)))
+    if in_oof:
+        raise DataError(
+            f"The OOF table has predictions for {len(in_oof)} image(s) of the calibration "
+            f"split in {folds_path} (fold -1), e.g. {in_oof[0]}; the calibration split must "
+            f"stay out of training: retrain with these folds."
+        )
+    return metadata[~metadata["image_id"].astype(str).isin(held)].reset_index(drop=True)
+
+
 def run(args: argparse.Namespace) -> int:
     """Handler of ``skin-core meta``; returns the exit status."""
     import warnings
@@ -130,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--coverage must be between 0 and 1 (e.g. 0.9); got {args.coverage}.")
     if args.bootstrap < 0:
         raise ConfigError(f"--bootstrap must be 0 or more; got {args.bootstrap}.")
+    if args.masked_copies < 0:
+        raise ConfigError(f"--masked-copies must be 0 or more; got {args.masked_copies}.")
     run_dir = Path(args.run) if args.run else None
     if run_dir is not None and not run_dir.is_dir():
         raise DataError(f"The run folder {run_dir} does not exist; train first (skin-core train).")
@@ -139,8 +187,11 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"{oof_path} does not exist; the run has no out-of-fold predictions "
                         f"yet (finish skin-core train).")
     oof = _read_csv(oof_path, "OOF")
-    if run_dir is not None and "fold" in oof.columns:
-        _check_folds(oof, run_dir / "folds.csv")
+    folds_path = Path(args.folds) if args.folds else (run_dir / "folds.csv" if run_dir else None)
+    if args.folds and not folds_path.is_file():
+        raise DataError(f"The folds file {folds_path} does not exist.")
+    if folds_path is not None and {"image_id", "fold"} <= set(oof.columns):
+        _check_folds(oof, folds_path)
 
     spec = args.dataset or (config.get("dataset") or {}).get("spec")
     if args.metadata:
@@ -154,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("skin-core meta needs --dataset SPEC or --metadata CSV (the run's "
                           "config.yaml names no dataset).")
+    held = _calibration_ids(folds_path)
+    metadata = _without_calibration(oof, metadata, held, folds_path)
     classes = config.get("classes") or None
     quality = _read_csv(Path(args.quality), "quality") if args.quality else None
     models = [m.strip() for m in args.models.split(",")] if args.models else None
@@ -164,7 +217,8 @@ def run(args: argparse.Namespace) -> int:
             oof, metadata, classes=classes, models=models, quality=quality,
             use_logits=args.use_logits, coverage=args.coverage,
             class_conditional=args.class_conditional, calibration=args.calibration,
-            referral_sensitivity=args.referral_sensitivity, n_resamples=args.bootstrap,
+            referral_sensitivity=args.referral_sensitivity, masked_copies=args.masked_copies,
+            n_resamples=args.bootstrap,
             seed=args.seed, n_jobs=args.n_jobs, restrict=args.restrict, progress=True,
             source=source,
         )
@@ -176,12 +230,17 @@ def run(args: argparse.Namespace) -> int:
     report = result.report
     report["source"] = {"oof": str(oof_path), "run": str(run_dir) if run_dir else None,
                         "dataset": spec if not args.metadata else None,
-                        "metadata": args.metadata, "quality": args.quality}
+                        "metadata": args.metadata, "quality": args.quality,
+                        "folds": str(folds_path) if folds_path and folds_path.is_file() else None,
+                        "calibration_images_left_out": len(held)}
     out = Path(args.out)
     files = {"meta_oof": str(out / "meta_oof.csv"), "meta_json": str(out / "meta.json")}
     atomic_write_csv(out / "meta_oof.csv", result.predictions)
     if result.predictor is not None:
         files["predictor"] = str(save_predictor(result.predictor, out))
+    if result.predictor_nometa is not None:
+        files["predictor_nometa"] = str(save_predictor(result.predictor_nometa,
+                                                       out / NOMETA_DIR))
     report["files"] = files
     atomic_write_json(out / "meta.json", report)
     if args.json:
@@ -191,6 +250,11 @@ def run(args: argparse.Namespace) -> int:
             "baselines": report["baselines"],
             "ci": report["ci"],
             "difference_vs_mean_ensemble": report["difference_vs_mean_ensemble"],
+            "missing_metadata": _missing_summary(report["missing_metadata"]),
+            "quality_features": {k: report["quality_features"].get(k) for k in
+                                 ("used", "columns", "ignored", "difference")},
+            "without_metadata_predictor": {
+                k: report["without_metadata_predictor"][k] for k in ("balanced_accuracy", "ci")},
             "conformal": {k: report["conformal"][k] for k in
                           ("target_coverage", "coverage", "mean_set_size")},
             "calibration": {k: report["calibration"][k] for k in ("ece_before", "ece_after")},
@@ -200,9 +264,26 @@ def run(args: argparse.Namespace) -> int:
         })
     else:
         d = report["difference_vs_mean_ensemble"]
+        mm = report["missing_metadata"]
+        missing = ("" if mm.get("skipped") else
+                   f"; worst with missing metadata: {mm['worst_subset']} "
+                   f"{mm['subsets'][mm['worst_subset']]['balanced_accuracy']:.3f}")
         print(f"meta-classifier balanced accuracy {report['balanced_accuracy']:.3f} "
               f"(mean ensemble {report['baselines']['mean_ensemble']:.3f}; difference "
-              f"{d['effect']:+.3f}, 95% CI {d['ci']}); conformal coverage "
+              f"{d['effect']:+.3f}, 95% CI {d['ci']}){missing}; conformal coverage "
               f"{report['conformal']['coverage']:.3f} at target {args.coverage}, mean set size "
               f"{report['conformal']['mean_set_size']:.2f}; written to {out}")
     return 0
+
+
+def _missing_summary(section: dict) -> dict:
+    """The ``--json`` digest of ``meta.json``'s ``missing_metadata``: balanced accuracy per
+    missing subset, the mean ensemble's, and whether the criterion holds."""
+    if section.get("skipped"):
+        return section
+    return {
+        "mean_ensemble": section["mean_ensemble"],
+        "balanced_accuracy": {k: v["balanced_accuracy"] for k, v in section["subsets"].items()},
+        "worst_subset": section["worst_subset"],
+        "ok": section["ok"],
+    }

@@ -1,22 +1,27 @@
 """Split-conformal prediction sets ("MEL or NV, 90% coverage").
 
 Score: **LAC** (least ambiguous set-valued classifier; Sadinle, Lei & Wasserman, JASA 2019):
-``s(x, y) = 1 - p_y(x)``. The threshold ``q`` is the ``ceil((n + 1)(1 - alpha)) / n`` empirical
-quantile of the calibration scores (Angelopoulos & Bates, "A gentle introduction to conformal
-prediction", 2021), and the set is ``{k : 1 - p_k <= q}``. LAC gives the smallest average sets
-for a given coverage; we chose it over APS because the meta-classifier's probabilities are
-calibrated beforehand, and small sets are what a clinician reads. The top class is always
-included, so a set is never empty (this can only raise coverage).
+``s(x, y) = 1 - p_y(x)``. The threshold ``q`` is the finite-sample conformal quantile of the
+``n`` calibration scores (:func:`conformal_quantile`; Angelopoulos & Bates, "A gentle
+introduction to conformal prediction", 2021, eq. 1): the ``ceil((n + 1)(1 - alpha)) / n``
+empirical quantile, i.e. the ``ceil((n + 1)(1 - alpha))``-th smallest score, and ``+inf`` (the
+set of all classes) when that rank exceeds ``n``. The set is ``{k : 1 - p_k <= q}``. LAC gives
+the smallest average sets for a given coverage; we chose it over APS because the
+meta-classifier's probabilities are calibrated beforehand, and small sets are what a clinician
+reads. The top class is always included, so a set is never empty (this can only raise
+coverage).
 
 ``class_conditional=True`` (Mondrian conformal) computes one threshold per true class from
 that class's calibration scores, so that coverage holds within every class, including rare
-ones (a class with too few calibration rows for the level gets ``q = 1``: always included).
+ones (a class with too few calibration rows for the level gets ``q = +inf``: always
+included).
 
 Guarantee: marginal coverage ``>= 1 - alpha`` when calibration and test rows are exchangeable.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +42,9 @@ class ConformalThresholds:
     classes:
         Class codes.
     thresholds:
-        One score threshold per class (all equal unless ``class_conditional``).
+        One score threshold per class (all equal unless ``class_conditional``); ``+inf``
+        where the calibration rows were too few for the coverage (the class is always in
+        the set). Written to JSON as ``null``.
     class_conditional:
         Whether thresholds are per class.
     n_calibration:
@@ -75,7 +82,7 @@ class ConformalThresholds:
         return {
             "coverage": float(self.coverage),
             "classes": list(self.classes),
-            "thresholds": [float(t) for t in self.thresholds],
+            "thresholds": [float(t) if math.isfinite(t) else None for t in self.thresholds],
             "class_conditional": bool(self.class_conditional),
             "n_calibration": [int(n) for n in self.n_calibration],
             "score": self.score,
@@ -87,21 +94,47 @@ class ConformalThresholds:
         return cls(
             coverage=float(d["coverage"]),
             classes=tuple(d["classes"]),
-            thresholds=tuple(float(t) for t in d["thresholds"]),
+            thresholds=tuple(math.inf if t is None else float(t) for t in d["thresholds"]),
             class_conditional=bool(d.get("class_conditional", False)),
             n_calibration=tuple(int(n) for n in d.get("n_calibration", ())),
             score=str(d.get("score", "lac")),
         )
 
 
-def _quantile(scores: np.ndarray, coverage: float) -> float:
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """The split-conformal threshold of ``n`` calibration scores for a target coverage.
+
+    The ``ceil((n + 1) * coverage)``-th smallest score (the empirical quantile at level
+    ``ceil((n + 1) * coverage) / n``, taken as an order statistic; NumPy's
+    ``method="higher"`` at that level would take the next one up), or ``+inf`` when that rank
+    exceeds ``n`` (too few scores for the coverage: every class belongs to every set).
+    With exchangeable calibration and test rows, ``P(score_test <= threshold) >= coverage``.
+
+    Parameters
+    ----------
+    scores:
+        ``(n,)`` nonconformity scores of calibration rows (LAC: ``1 - p_label``).
+    coverage:
+        Target coverage ``1 - alpha`` in ``(0, 1)``.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> conformal_quantile(np.array([0.4, 0.1, 0.3, 0.2]), 0.6)   # rank ceil(5 * 0.6) = 3
+    0.3
+    >>> conformal_quantile(np.array([0.4, 0.1, 0.3, 0.2]), 0.9)   # rank 5 > 4
+    inf
+    """
+    scores = np.sort(np.asarray(scores, dtype=float).ravel())
     n = len(scores)
-    if n == 0:
-        return 1.0
-    level = np.ceil((n + 1) * coverage) / n
-    if level > 1:
-        return 1.0
-    return float(np.quantile(scores, level, method="higher"))
+    # round: (n + 1) * coverage must not become 9.000000000000002 and round up to 10
+    rank = math.ceil(round((n + 1) * float(coverage), 9))
+    if n == 0 or rank > n:
+        return math.inf
+    return float(scores[max(rank, 1) - 1])
 
 
 def fit_conformal(
@@ -113,6 +146,10 @@ def fit_conformal(
     class_conditional: bool = False,
 ) -> ConformalThresholds:
     """Fit LAC split-conformal thresholds on held-out calibration rows.
+
+    The public call for any calibration split: ``fit_conformal(calibrated_probs, labels,
+    classes, coverage=0.9)`` with the probabilities the served pipeline shows (after its
+    calibration map) of images no model trained on.
 
     Parameters
     ----------
@@ -146,10 +183,11 @@ def fit_conformal(
     scores = 1.0 - probs[np.arange(len(labels)), labels]
     k = probs.shape[1]
     if class_conditional:
-        thresholds = tuple(_quantile(scores[labels == c], coverage) for c in range(k))
+        thresholds = tuple(conformal_quantile(scores[labels == c], coverage)
+                           for c in range(k))
         counts = tuple(int((labels == c).sum()) for c in range(k))
     else:
-        q = _quantile(scores, coverage)
+        q = conformal_quantile(scores, coverage)
         thresholds = (q,) * k
         counts = (int(len(labels)),)
     return ConformalThresholds(

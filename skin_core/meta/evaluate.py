@@ -8,16 +8,24 @@ meta-model that saw its lesion. Inside each outer training part, tuning and cali
 an inner split grouped by lesion (:func:`~skin_core.meta.classifier.inner_split`).
 
 Compared on the same images: ``meta_with_metadata`` (CNN probabilities + age, sex, site
-[+ quality]), ``meta_without_metadata`` (CNN probabilities [+ quality]), ``metadata_only``,
-``mean_ensemble`` (mean of the CNN probabilities), ``majority_vote`` (share of models voting
-for each class) and ``best_single_model`` (for each fold, the model with the best balanced
-accuracy on the *other* folds). Discrimination metrics of the meta-classifiers use their
-class-weighted probabilities, whose arg-max is the decision (``pred``); calibration changes
-probabilities, not decisions (isotonic calibration restores real class frequencies, and its
-arg-max would trade balanced accuracy for accuracy). Calibrated probabilities feed the
-reported probabilities, ECE and the conformal sets. Every metric gets a lesion-grouped
-percentile bootstrap CI (:func:`skin_core.analysis.metrics.bootstrap_ci`; all methods and
-metrics share the same resamples, so paired differences are valid).
+[+ quality]; trained with masked copies, :mod:`skin_core.meta.masking`),
+``meta_without_metadata`` (CNN probabilities [+ quality]: the model served when an upload
+comes without any metadata), ``metadata_only``, ``meta_without_quality`` (with a quality
+table: the main model without its quality features), ``mean_ensemble`` (mean of the CNN
+probabilities), ``majority_vote`` (share of models voting for each class) and
+``best_single_model`` (for each fold, the model with the best balanced accuracy on the
+*other* folds). Discrimination metrics of the meta-classifiers use their class-weighted
+probabilities, whose arg-max is the decision (``pred``); calibration changes probabilities,
+not decisions (isotonic calibration restores real class frequencies, and its arg-max would
+trade balanced accuracy for accuracy). Calibrated probabilities feed the reported
+probabilities, ECE and the conformal sets. Every metric gets a lesion-grouped percentile
+bootstrap CI (all methods share the same resamples, so paired differences are valid:
+:mod:`skin_core.meta.scoring`).
+
+Missing metadata: for every subset of ``age, sex, site`` (:data:`~skin_core.meta.masking.
+MISSING_SUBSETS`) the validation fold is scored with that subset masked, by the model that
+serves such an input (the metadata model; without any metadata, the metadata-free model), and
+compared with the mean ensemble (``report["missing_metadata"]``).
 """
 
 from __future__ import annotations
@@ -30,32 +38,55 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skin_core.analysis.metrics import bootstrap_ci
-from skin_core.analysis.records import TestResult
 from skin_core.constants import AGE, FOLD, IMAGE_ID, LABEL, LESION_ID, SEX, SITE, prob_columns
-from skin_core.errors import DataError
-from skin_core.meta.calibration import (
-    expected_calibration_error,
-    fit_calibrator,
-    nll,
-    reliability_curve,
-)
+from skin_core.errors import ConfigError, DataError
+from skin_core.meta.calibration import Calibrator, fit_calibrator
 from skin_core.meta.classifier import DEFAULT_PARAM_GRID, MetaClassifier
-from skin_core.meta.conformal import fit_conformal, set_metrics
-from skin_core.meta.features import WideOOF, build_features, oof_to_wide
+from skin_core.meta.conformal import ConformalThresholds
+from skin_core.meta.features import FeatureSpec, WideOOF, build_features, oof_to_wide
 from skin_core.meta.io import MetaPredictor, ReferralSpec
-from skin_core.meta.referral import (
-    choose_threshold,
-    difficulty_target,
-    referral_features,
+from skin_core.meta.masking import (
+    METADATA_COLUMNS,
+    MISSING_SUBSETS,
+    draw_masks,
+    mask_metadata,
+    repeat_for_copies,
+    with_masked_copies,
+)
+from skin_core.meta.referral import difficulty_target, referral_features
+from skin_core.meta.reports import (
+    MAIN,
+    METAONLY,
+    METHODS,
+    MISSING_TOLERANCE,
+    NOMETA,
+    NOQUALITY,
+    calibration_report,
+    conformal_sets,
+    missing_report,
+    quality_report,
+    referral_report,
+)
+from skin_core.meta.scoring import (
+    SPECIFICITIES,
+    Scorer,
+    bootstrap_all,
+    melanoma_index,
+    none_if_nan,
+    paired_difference,
+    percentile_ci,
+    summary,
+    weighted_binary_auc,
 )
 
-MAIN = "meta_with_metadata"
-METHODS: tuple[str, ...] = (
-    MAIN, "meta_without_metadata", "metadata_only", "mean_ensemble", "majority_vote",
-    "best_single_model",
-)
-SPECIFICITIES: tuple[float, ...] = (0.8, 0.9)
+#: Masked copies of each training row for the metadata models (0: none).
+DEFAULT_MASKED_COPIES = 1
+
+__all__ = [
+    "DEFAULT_MASKED_COPIES", "MAIN", "METAONLY", "METHODS", "MISSING_TOLERANCE", "NOMETA",
+    "NOQUALITY", "MetaResult", "Scorer", "check_grouped_folds", "evaluate_meta",
+    "melanoma_index",
+]
 
 
 @dataclass
@@ -75,147 +106,17 @@ class MetaResult:
         The predictor fitted on all images (``None`` with ``fit_final=False``).
     train_ids:
         Outer fold -> image ids the meta-models of that fold were trained on.
+    predictor_nometa:
+        The metadata-free predictor fitted on all images (its referral model without
+        metadata), served when an upload has no age, sex or site. The same object as
+        ``predictor`` when no metadata table was given.
     """
 
     report: dict[str, Any]
     predictions: pd.DataFrame
     predictor: MetaPredictor | None = None
     train_ids: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------------------------
-# Fast weighted metrics (bootstrap resamples as multiplicity weights)
-
-
-class _Scorer:
-    """All metrics of one method's ``(N, K)`` scores under row weights (resample counts).
-
-    With unit weights the values equal :func:`~skin_core.analysis.metrics.classification_metrics`
-    and :func:`~skin_core.analysis.metrics.sensitivity_at_specificity`.
-    """
-
-    def __init__(self, labels: np.ndarray, scores: np.ndarray, classes: Sequence[str],
-                 melanoma: int | None) -> None:
-        self.y = labels
-        self.k = len(classes)
-        self.classes = list(classes)
-        self.pred = scores.argmax(axis=1)
-        self.cell = self.y * self.k + self.pred
-        self.auc_prep = []
-        for c in range(self.k):
-            order = np.argsort(scores[:, c], kind="stable")
-            s = scores[order, c]
-            grp = np.concatenate([[0], np.cumsum(s[1:] != s[:-1])])
-            self.auc_prep.append((order, grp, (self.y[order] == c)))
-        self.melanoma = melanoma
-        if melanoma is not None:
-            s = scores[:, melanoma]
-            pos = self.y == melanoma
-            neg_order = np.flatnonzero(~pos)[np.argsort(s[~pos], kind="stable")]
-            pos_order = np.flatnonzero(pos)[np.argsort(s[pos], kind="stable")]
-            self.sens_prep = (neg_order, s[neg_order], pos_order, s[pos_order])
-
-    def __call__(self, w: np.ndarray) -> dict[str, float]:
-        k = self.k
-        cm = np.bincount(self.cell, weights=w, minlength=k * k).reshape(k, k)
-        support = cm.sum(axis=1)
-        present = support > 0
-        tp = np.diag(cm)
-        out: dict[str, float] = {}
-        out["balanced_accuracy"] = float(np.mean(tp[present] / support[present]))
-        denom = 2 * tp + (cm.sum(axis=0) - tp) + (support - tp)
-        f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-        out["macro_f1"] = float(f1[present].mean())
-        out["accuracy"] = float(tp.sum() / cm.sum())
-        for c, (order, grp, pos) in enumerate(self.auc_prep):
-            ws = w[order]
-            wpos, wneg = ws * pos, ws * ~pos
-            tp_, tn_ = wpos.sum(), wneg.sum()
-            if tp_ == 0 or tn_ == 0:
-                out[f"auc:{self.classes[c]}"] = float("nan")
-                continue
-            gneg = np.bincount(grp, weights=wneg)
-            before = np.cumsum(gneg) - gneg
-            out[f"auc:{self.classes[c]}"] = float(
-                np.sum(wpos * (before[grp] + 0.5 * gneg[grp])) / (tp_ * tn_)
-            )
-        if self.melanoma is not None:
-            neg_order, neg_s, pos_order, pos_s = self.sens_prep
-            cneg = np.cumsum(w[neg_order])
-            cpos = np.cumsum(w[pos_order])
-            for spec in SPECIFICITIES:
-                key = f"sens_at_spec{int(round(spec * 100))}"
-                if len(cneg) == 0 or len(cpos) == 0 or cneg[-1] == 0 or cpos[-1] == 0:
-                    out[key] = float("nan")
-                    continue
-                kth = int(np.ceil(spec * cneg[-1])) - 1
-                j = min(int(np.searchsorted(cneg, max(kth, 0), side="right")), len(cneg) - 1)
-                t = neg_s[j]
-                i = int(np.searchsorted(pos_s, t, side="right"))
-                above = cpos[-1] - (cpos[i - 1] if i > 0 else 0.0)
-                out[key] = float(above / cpos[-1])
-        return out
-
-
-def _bootstrap_all(
-    scorers: dict[str, _Scorer],
-    n: int,
-    groups: np.ndarray,
-    *,
-    n_resamples: int,
-    seed: int,
-    extra: dict[str, Callable[[np.ndarray], float]] | None = None,
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, np.ndarray]]]:
-    """Point estimates and bootstrap replicates of every metric of every scorer.
-
-    One pass of :func:`bootstrap_ci` (lesion-grouped) draws the resamples; each resample is
-    scored by every method, so replicates are paired across methods.
-    """
-    ones = np.ones(n)
-    points = {m: s(ones) for m, s in scorers.items()}
-    for name, fn in (extra or {}).items():
-        points[name] = {"value": fn(ones)}
-    records: list[tuple[dict[str, dict[str, float]]]] = []
-
-    def statistic(idx: np.ndarray) -> float:
-        w = np.bincount(idx, minlength=n).astype(float)
-        rec = {m: s(w) for m, s in scorers.items()}
-        for name, fn in (extra or {}).items():
-            rec[name] = {"value": fn(w)}
-        records.append(rec)
-        return rec[next(iter(rec))]["balanced_accuracy"] if scorers else 0.0
-
-    if n_resamples > 0:
-        bootstrap_ci(statistic, n, n_resamples=n_resamples, seed=seed, groups=groups)
-    reps = {
-        m: {key: np.array([r[m][key] for r in records]) for key in points[m]}
-        for m in points
-    }
-    return points, reps
-
-
-def _ci(values: np.ndarray, confidence: float = 0.95) -> list[float | None]:
-    v = values[np.isfinite(values)]
-    if len(v) == 0:
-        return [None, None]
-    a = (1 - confidence) / 2
-    lo, hi = np.quantile(v, [a, 1 - a])
-    return [float(lo), float(hi)]
-
-
-def _none_if_nan(x: float) -> float | None:
-    return None if x is None or not np.isfinite(x) else float(x)
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def melanoma_index(classes: Sequence[str]) -> int | None:
-    """Index of the melanoma class (``MEL`` / ``mel``), or ``None`` when absent."""
-    for i, c in enumerate(classes):
-        if str(c).lower() in ("mel", "melanoma"):
-            return i
-    return None
+    predictor_nometa: MetaPredictor | None = None
 
 
 def _prepare(
@@ -309,6 +210,7 @@ def evaluate_meta(
     calibration: str = "auto",
     referral_sensitivity: float = 0.8,
     param_grid: dict[str, Sequence[Any]] | None = None,
+    masked_copies: int = DEFAULT_MASKED_COPIES,
     n_resamples: int = 1000,
     seed: int = 0,
     n_jobs: int = 1,
@@ -334,8 +236,10 @@ def evaluate_meta(
     classes, models:
         Expected classes (e.g. from ``config.yaml``) and the models to stack (default all).
     quality:
-        Optional ``quality.csv`` table: its numeric measures become features of the meta and
-        referral models.
+        Optional ``quality.csv`` table: its resolution-normalised measures
+        (:data:`~skin_core.meta.features.QUALITY_FEATURES`) become features of the meta and
+        referral models; its other columns are ignored. The report then compares the main
+        model with and without them.
     use_logits:
         Stack ``log p`` instead of ``p``.
     coverage, class_conditional:
@@ -346,6 +250,10 @@ def evaluate_meta(
         Sensitivity for wrong-by-all images that the ``refer`` threshold targets.
     param_grid:
         Tuning grid of :class:`~skin_core.meta.classifier.MetaClassifier`.
+    masked_copies:
+        Copies of each training row, each with a random non-empty subset of the metadata
+        missing, added to the training rows of the metadata models (meta-classifier and
+        referral; :mod:`skin_core.meta.masking`). 0 trains on the rows as they are.
     n_resamples:
         Bootstrap resamples for CIs (0 skips CIs).
     seed, n_jobs:
@@ -354,7 +262,8 @@ def evaluate_meta(
         Evaluate only images with OOF predictions from every model and a metadata row
         (reported) instead of raising.
     fit_final:
-        Also fit the deployable :class:`~skin_core.meta.io.MetaPredictor` on all images.
+        Also fit the deployable :class:`~skin_core.meta.io.MetaPredictor` pair (with and
+        without metadata) on all images.
     progress:
         tqdm progress bar on stderr.
     source:
@@ -368,7 +277,7 @@ def evaluate_meta(
     ------
     DataError
         Bad OOF table, missing images, label mismatch, folds not grouped by lesion, fewer
-        than two folds.
+        than two folds, a non-numeric quality measure.
     """
     from tqdm.auto import tqdm
 
@@ -391,62 +300,96 @@ def evaluate_meta(
     check_grouped_folds(folds, groups)
     mel = melanoma_index(classes)
     use_meta = metadata is not None
+    if int(masked_copies) < 0:
+        raise ConfigError(f"The 'masked_copies' parameter of evaluate_meta must be 0 or more. "
+                          f"Got {masked_copies!r} instead.")
+    copies = int(masked_copies) if use_meta else 0
 
     # Features (pure; label never used).
     X_main, spec_main = build_features(wide, metadata, use_logits=use_logits, quality=quality,
                                        include_metadata=use_meta, source=source)
-    X_nometa, _ = build_features(wide, None, use_logits=use_logits, quality=quality,
-                                 include_metadata=False, source=source)
+    X_nometa, spec_nometa = build_features(wide, None, use_logits=use_logits, quality=quality,
+                                           include_metadata=False, source=source)
+    qcols = [c for c in X_main.columns if c.startswith("q_")]
     # Without metadata the main model already is the no-metadata model: not trained twice.
     variants: dict[str, pd.DataFrame] = {MAIN: X_main}
     if use_meta:
-        variants["meta_without_metadata"] = X_nometa
-    if use_meta:
-        X_metaonly, _ = build_features(wide, metadata, include_probs=False, source=source)
-        variants["metadata_only"] = X_metaonly
+        variants[NOMETA] = X_nometa
+        variants[METAONLY] = build_features(wide, metadata, include_probs=False,
+                                            source=source)[0]
+    if qcols:
+        variants[NOQUALITY] = X_main.drop(columns=qcols)
+    masked_variants = {MAIN, NOQUALITY} if copies else set()
+    served = [MAIN, NOMETA] if use_meta else [MAIN]  # calibrated, conformal, referral
     stacked = wide.stacked()  # (M, N, K)
     difficult = difficulty_target(stacked, y)
-    qcols = [c for c in X_main.columns if c.startswith("q_")]
-    R = referral_features(stacked, classes, X_main.index,
-                          metadata_features=X_main if use_meta else None,
-                          quality_features=X_main[qcols] if qcols else None)
+    R_main = referral_features(stacked, classes, X_main.index,
+                               metadata_features=X_main if use_meta else None,
+                               quality_features=X_main[qcols] if qcols else None)
+    R = {MAIN: R_main}
+    if use_meta:
+        R[NOMETA] = R_main.drop(columns=list(METADATA_COLUMNS))
     referral_possible = 0 < difficult.sum() < n
 
     def make_clf(cls: Sequence[Any]) -> MetaClassifier:
         return MetaClassifier(classes=list(cls), param_grid=param_grid, random_state=seed,
                               n_jobs=n_jobs)
 
-    total = len(fold_ids) * (len(variants) + int(referral_possible)) + 2 * int(fit_final) + 1
+    def fit(X: pd.DataFrame, target: np.ndarray, grp: np.ndarray, masks: np.ndarray | None,
+            cls: Sequence[Any], calibrate: bool) -> tuple[MetaClassifier, Calibrator | None]:
+        return _fit_one(make_clf(cls), X, target, grp, masks, calibrate=calibrate,
+                        calibration=calibration, seed=seed)
+
+    n_fits = len(variants) + len(served) * int(referral_possible)
+    total = len(fold_ids) * n_fits + 2 * len(served) * int(fit_final) + 1
     bar = tqdm(total=total, desc="meta", disable=not progress, unit="fit")
     oof_probs = {v: np.zeros((n, k)) for v in variants}
-    cal_probs = np.zeros((n, k))
-    ref_scores = np.full(n, np.nan)
+    cal_probs = {v: np.zeros((n, k)) for v in served}
+    masked_raw = {name: np.zeros((n, k)) for name in MISSING_SUBSETS if use_meta}
+    masked_cal = {name: np.zeros((n, k)) for name in MISSING_SUBSETS if use_meta}
+    ref_scores = {v: np.full(n, np.nan) for v in served}
     train_ids: dict[int, np.ndarray] = {}
     tuning: dict[str, list] = {v: [] for v in variants}
-    cal_methods: list[str] = []
+    cal_methods: dict[str, list[str]] = {v: [] for v in served}
     class_idx = list(range(k))
-    for f in fold_ids:
+    for i, f in enumerate(fold_ids):
         test = folds == f
         train = ~test
         train_ids[int(f)] = ids[train]
+        masks = draw_masks(int(train.sum()), copies=copies, seed=[seed, 1 + i])
         for v, X in variants.items():
             bar.set_postfix_str(f"fold {f} {v}")
-            clf = make_clf(class_idx).fit(X.loc[train], y[train], groups=groups[train])
-            oof_probs[v][test] = clf.predict_proba(X.loc[test])
+            clf, cal = fit(X.loc[train], y[train], groups[train],
+                           masks if v in masked_variants else None, class_idx,
+                           calibrate=v in served)
+            X_test = X.loc[test]
+            oof_probs[v][test] = clf.predict_proba(X_test)
             tuning[v].append({"fold": int(f), **clf.best_params_})
-            if v == MAIN:
-                cal = fit_calibrator(clf.inner_val_proba_, clf.inner_val_y_, method=calibration,
-                                     groups=groups[train][clf.inner_val_index_], seed=seed)
-                cal_methods.append(cal.method)
-                cal_probs[test] = cal.transform(oof_probs[v][test])
+            if cal is not None:
+                cal_methods[v].append(cal.method)
+                cal_probs[v][test] = cal.transform(oof_probs[v][test])
+            if v == MAIN and use_meta:  # the validation fold with each subset missing
+                names = list(MISSING_SUBSETS)[1:]
+                raw = clf.predict_proba(pd.concat(
+                    [mask_metadata(X_test, MISSING_SUBSETS[name]) for name in names]))
+                for j, name in enumerate(["none", *names]):
+                    part = oof_probs[v][test] if j == 0 else raw[(j - 1) * len(X_test):
+                                                                 j * len(X_test)]
+                    masked_raw[name][test] = part
+                    masked_cal[name][test] = cal.transform(part)
             bar.update()
         if referral_possible:
-            bar.set_postfix_str(f"fold {f} referral")
-            if len(np.unique(difficult[train])) == 2:
-                rclf = make_clf([0, 1]).fit(R.loc[train], difficult[train],
-                                            groups=groups[train])
-                ref_scores[test] = rclf.predict_proba(R.loc[test])[:, 1]
-            bar.update()
+            for v in served:
+                bar.set_postfix_str(f"fold {f} referral {v}")
+                if len(np.unique(difficult[train])) == 2:
+                    rclf, _ = fit(R[v].loc[train], difficult[train], groups[train],
+                                  masks if (v == MAIN and copies) else None, [0, 1],
+                                  calibrate=False)
+                    ref_scores[v][test] = rclf.predict_proba(R[v].loc[test])[:, 1]
+                bar.update()
+    if not use_meta:  # the main model is the metadata-free one
+        oof_probs[NOMETA], cal_probs[NOMETA] = oof_probs[MAIN], cal_probs[MAIN]
+        cal_methods[NOMETA] = cal_methods[MAIN]
 
     # Baselines from the CNN probabilities.
     mean_probs = stacked.mean(axis=0)
@@ -458,25 +401,34 @@ def evaluate_meta(
     best_choice = {}
     for f in fold_ids:
         test = folds == f
-        bas = [_Scorer(y[~test], p[~test], classes, None)(np.ones((~test).sum()))
+        bas = [Scorer(y[~test], p[~test], classes, None)(np.ones((~test).sum()))
                ["balanced_accuracy"] for p in stacked]
         j = int(np.argmax(bas))
         best_choice[int(f)] = wide.models[j]
         best_single[test] = stacked[j][test]
-    scores = {MAIN: oof_probs[MAIN],
-              "meta_without_metadata": oof_probs["meta_without_metadata" if use_meta else MAIN]}
-    if "metadata_only" in variants:
-        scores["metadata_only"] = oof_probs["metadata_only"]
+    scores = {MAIN: oof_probs[MAIN], NOMETA: oof_probs[NOMETA]}
+    for v in (METAONLY, NOQUALITY):
+        if v in variants:
+            scores[v] = oof_probs[v]
     scores.update({"mean_ensemble": mean_probs, "majority_vote": votes,
                    "best_single_model": best_single})
 
     bar.set_postfix_str("bootstrap")
-    scorers = {m: _Scorer(y, s, classes, mel) for m, s in scores.items()}
+    scorers = {m: Scorer(y, s, classes, mel) for m, s in scores.items()}
+    # Missing metadata: what is served with each subset missing (BA only, same resamples).
+    missing_scores = {}
+    if use_meta:
+        missing_scores = {name: (oof_probs[NOMETA] if name == "all" else masked_raw[name])
+                          for name in MISSING_SUBSETS}
+        missing_scores["all_with_metadata_model"] = masked_raw["all"]
+    for name, s in missing_scores.items():
+        scorers[f"missing:{name}"] = Scorer(y, s, classes, None, only_balanced_accuracy=True)
     extra: dict[str, Callable[[np.ndarray], float]] = {}
-    if referral_possible and np.isfinite(ref_scores).all():
-        extra["referral_auroc"] = _weighted_binary_auc(difficult, ref_scores)
-    points, reps = _bootstrap_all(scorers, n, groups, n_resamples=n_resamples, seed=seed,
-                                  extra=extra)
+    for v in served:
+        if referral_possible and np.isfinite(ref_scores[v]).all():
+            extra[f"referral_auroc:{v}"] = weighted_binary_auc(difficult, ref_scores[v])
+    points, reps = bootstrap_all(scorers, n, groups, n_resamples=n_resamples, seed=seed,
+                                 extra=extra)
     bar.update()
 
     methods_report = {}
@@ -486,144 +438,80 @@ def evaluate_meta(
         methods_report[m] = {
             "balanced_accuracy": p["balanced_accuracy"], "macro_f1": p["macro_f1"],
             "accuracy": p["accuracy"],
-            "auc": {c: _none_if_nan(p[f"auc:{c}"]) for c in classes},
+            "auc": {c: none_if_nan(p[f"auc:{c}"]) for c in classes},
         }
         ci_report[m] = {
-            "balanced_accuracy": _ci(reps[m]["balanced_accuracy"]),
-            "macro_f1": _ci(reps[m]["macro_f1"]),
-            "auc": {c: _ci(reps[m][f"auc:{c}"]) for c in classes},
+            "balanced_accuracy": percentile_ci(reps[m]["balanced_accuracy"]),
+            "macro_f1": percentile_ci(reps[m]["macro_f1"]),
+            "auc": {c: percentile_ci(reps[m][f"auc:{c}"]) for c in classes},
         }
         if mel is not None:
             methods_report[m]["melanoma"] = {}
             ci_report[m]["melanoma"] = {}
             for spec in SPECIFICITIES:
                 key = f"sens_at_spec{int(round(spec * 100))}"
-                methods_report[m]["melanoma"][key] = _none_if_nan(p[key])
-                ci_report[m]["melanoma"][key] = _ci(reps[m][key])
-    diff = _paired_difference(points, reps, MAIN, "mean_ensemble", n_resamples, n)
-
-    # Calibration (out-of-fold, before/after).
-    raw = oof_probs[MAIN]
-    calibration_report = {
-        "methods_chosen_per_fold": cal_methods,
-        "ece_before": expected_calibration_error(raw, y),
-        "ece_after": expected_calibration_error(cal_probs, y),
-        "nll_before": nll(raw, y),
-        "nll_after": nll(cal_probs, y),
-        "ece_mean_ensemble": expected_calibration_error(mean_probs, y),
-        "reliability_before": reliability_curve(raw, y),
-        "reliability_after": reliability_curve(cal_probs, y),
-        "n_bins": 10,
-        "note": "top-label ECE over 10 equal-width bins on out-of-fold predictions; the "
-                "calibrator of each outer fold was fitted on its inner validation split",
-    }
+                methods_report[m]["melanoma"][key] = none_if_nan(p[key])
+                ci_report[m]["melanoma"][key] = percentile_ci(reps[m][key])
+    diff = paired_difference(points, reps, MAIN, "mean_ensemble", n_resamples, n)
 
     # Conformal sets: thresholds from the other folds' calibrated OOF probabilities.
-    members = np.zeros((n, k), dtype=bool)
-    per_fold = []
-    for f in fold_ids:
-        test = folds == f
-        thr = fit_conformal(cal_probs[~test], y[~test], classes, coverage=coverage,
-                            class_conditional=class_conditional)
-        members[test] = thr.sets(cal_probs[test])
-        sm = set_metrics(members[test], y[test], classes)
-        per_fold.append({"fold": int(f), "coverage": sm["coverage"],
-                         "mean_set_size": sm["mean_set_size"], "n": sm["n"]})
-    final_thr = fit_conformal(cal_probs, y, classes, coverage=coverage,
-                              class_conditional=class_conditional)
-    conformal_report = {
-        "target_coverage": coverage,
-        "score": "lac",
-        "class_conditional": class_conditional,
-        **set_metrics(members, y, classes),
-        "per_fold": per_fold,
-        "thresholds": final_thr.to_dict(),
-        "note": "held-out coverage: each fold's sets use thresholds fitted on the other "
-                "folds' calibrated out-of-fold probabilities",
-    }
+    conf = {v: conformal_sets(cal_probs[v], y, folds, fold_ids, classes, coverage=coverage,
+                          class_conditional=class_conditional) for v in served}
+    members = conf[MAIN]["members"]
+    conf.setdefault(NOMETA, conf[MAIN])
 
     # Referral.
-    referral_report: dict[str, Any]
-    ref_threshold = None
-    if referral_possible and np.isfinite(ref_scores).all():
-        from sklearn.metrics import average_precision_score
+    ref = {v: referral_report(ref_scores[v], difficult, folds, fold_ids,
+                        sensitivity=referral_sensitivity, points=points, reps=reps,
+                        key=f"referral_auroc:{v}", features=list(R[v].columns))
+           for v in served}
+    ref.setdefault(NOMETA, ref[MAIN])
 
-        refer = np.zeros(n, dtype=bool)
-        for f in fold_ids:
-            test = folds == f
-            t = choose_threshold(ref_scores[~test], difficult[~test],
-                                 sensitivity=referral_sensitivity)
-            refer[test] = ref_scores[test] >= t
-        ref_threshold = choose_threshold(ref_scores, difficult, sensitivity=referral_sensitivity)
-        held = {
-            "sensitivity": float(refer[difficult == 1].mean()),
-            "specificity": float((~refer[difficult == 0]).mean()),
-            "referral_rate": float(refer.mean()),
-        }
-        referral_report = {
-            "target": "image misclassified by every CNN model",
-            "prevalence": float(difficult.mean()),
-            "n_difficult": int(difficult.sum()),
-            "auroc": points["referral_auroc"]["value"],
-            "auroc_ci": _ci(reps["referral_auroc"]["value"]),
-            "auprc": float(average_precision_score(difficult, ref_scores)),
-            "sensitivity_target": referral_sensitivity,
-            "threshold": ref_threshold,
-            "held_out": held,
-            "features": list(R.columns),
-            "note": "AUROC of out-of-fold scores (outer folds = CNN folds); held-out rates use "
-                    "for each fold a threshold chosen on the other folds' scores",
-        }
-    else:
-        referral_report = {
-            "skipped": True,
-            "reason": f"{int(difficult.sum())} of {n} images are misclassified by every model; "
-                      "a referral model needs both kinds in every training part",
-            "prevalence": float(difficult.mean()),
-        }
-
-    # The deployable predictor, fitted on everything.
-    predictor = None
+    # The deployable predictors, fitted on everything.
+    predictors: dict[str, MetaPredictor | None] = {v: None for v in served}
     if fit_final:
-        bar.set_postfix_str("final model")
-        clf = make_clf(class_idx).fit(X_main, y, groups=groups)
-        cal = fit_calibrator(clf.inner_val_proba_, clf.inner_val_y_, method=calibration,
-                             groups=groups[clf.inner_val_index_], seed=seed)
-        bar.update()
-        ref_booster, ref_spec = None, None
-        if ref_threshold is not None:
-            rclf = make_clf([0, 1]).fit(R, difficult, groups=groups)
-            ref_booster = rclf.booster_
-            ref_spec = ReferralSpec(columns=tuple(R.columns), threshold=ref_threshold,
-                                    sensitivity_target=referral_sensitivity,
-                                    trained_class_index=tuple(
-                                        int(i) for i in rclf.trained_class_index_))
-        bar.update()
-        predictor = MetaPredictor(
-            feature_spec=spec_main, booster=clf.booster_,
-            trained_class_index=tuple(int(i) for i in clf.trained_class_index_),
-            calibrator=cal, conformal=final_thr, referral_booster=ref_booster,
-            referral=ref_spec,
-            info={"n_train": int(n), "best_params": clf.best_params_,
-                  "models": list(wide.models), "seed": seed},
-        )
+        specs = {MAIN: spec_main, NOMETA: spec_nometa}
+        X_final = {MAIN: X_main, NOMETA: X_nometa}
+        masks = draw_masks(n, copies=copies, seed=[seed, 0])
+        for v in served:
+            bar.set_postfix_str(f"final model {v}")
+            vmasks = masks if (v == MAIN and copies) else None
+            clf, cal = fit(X_final[v], y, groups, vmasks, class_idx, calibrate=True)
+            bar.update()
+            ref_booster, ref_spec = None, None
+            if ref[v]["threshold"] is not None:
+                rclf, _ = fit(R[v], difficult, groups, vmasks, [0, 1], calibrate=False)
+                ref_booster = rclf.booster_
+                ref_spec = ReferralSpec(
+                    columns=tuple(R[v].columns), threshold=ref[v]["threshold"],
+                    sensitivity_target=referral_sensitivity,
+                    trained_class_index=tuple(int(i) for i in rclf.trained_class_index_))
+            bar.update()
+            predictors[v] = _predictor(specs[v], clf, cal, conf[v]["final"], ref_booster,
+                                       ref_spec, info={
+                                           "n_train": int(n), "best_params": clf.best_params_,
+                                           "models": list(wide.models), "seed": seed,
+                                           "metadata": bool(specs[v].metadata),
+                                           "masked_copies": copies if v == MAIN else 0})
     bar.close()
+    predictor = predictors[MAIN]
+    predictor_nometa = predictors[NOMETA] if use_meta else predictor
 
     predictions = pd.DataFrame({IMAGE_ID: ids, LESION_ID: [str(g).split(":", 1)[1] if
                                                            str(g).startswith("les:") else None
                                                            for g in groups],
                                 FOLD: folds, LABEL: wide.table[LABEL].to_numpy()})
     for j, c in enumerate(prob_columns(classes)):
-        predictions[c] = cal_probs[:, j]
+        predictions[c] = cal_probs[MAIN][:, j]
     predictions["pred"] = [classes[j] for j in oof_probs[MAIN].argmax(axis=1)]
     predictions["pred_set"] = ["|".join(classes[j] for j in np.argsort(-p, kind="stable")
-                                        if mm[j]) for p, mm in zip(cal_probs, members,
+                                        if mm[j]) for p, mm in zip(cal_probs[MAIN], members,
                                                                    strict=True)]
     predictions["set_size"] = members.sum(axis=1)
     predictions["difficult"] = difficult.astype(bool)
-    predictions["referral_prob"] = ref_scores
-    if ref_threshold is not None:
-        predictions["refer"] = refer
+    predictions["referral_prob"] = ref_scores[MAIN]
+    if ref[MAIN]["threshold"] is not None:
+        predictions["refer"] = ref[MAIN]["refer"]
 
     report = {
         "balanced_accuracy": points[MAIN]["balanced_accuracy"],
@@ -632,9 +520,27 @@ def evaluate_meta(
         "ci": ci_report,
         "methods": methods_report,
         "difference_vs_mean_ensemble": diff.to_dict(),
-        "calibration": calibration_report,
-        "conformal": conformal_report,
-        "referral": referral_report,
+        "missing_metadata": missing_report(
+            points, reps, conf, masked_cal, y, folds, fold_ids, classes, n_resamples, copies
+        ) if use_meta else {"skipped": True, "reason": "no metadata table was given"},
+        "quality_features": quality_report(points, reps, qcols, quality, n_resamples, n),
+        "calibration": calibration_report(oof_probs[MAIN], cal_probs[MAIN], mean_probs, y,
+                                           cal_methods[MAIN]),
+        "conformal": conf[MAIN]["report"],
+        "referral": ref[MAIN]["report"],
+        "without_metadata_predictor": {
+            **summary(points, reps, NOMETA),
+            "features": list(spec_nometa.columns),
+            "calibration": calibration_report(oof_probs[NOMETA], cal_probs[NOMETA],
+                                               mean_probs, y, cal_methods[NOMETA],
+                                               curves=False),
+            "conformal": {key: conf[NOMETA]["report"][key] for key in
+                          ("target_coverage", "coverage", "mean_set_size", "thresholds")},
+            "referral": {key: ref[NOMETA]["report"].get(key) for key in
+                         ("auroc", "auroc_ci", "threshold", "held_out", "features", "skipped")},
+            "note": "the model served when an upload has no age, sex or site"
+                    + ("" if use_meta else " (no metadata table: the main model itself)"),
+        },
         "data": {
             "n_images": int(n), "n_lesions": int(len(np.unique(groups))),
             "classes": list(classes), "models": list(wide.models),
@@ -653,7 +559,8 @@ def evaluate_meta(
                       "none given (no metadata table): every image is its own group",
             "lesions_in_two_folds": 0,
             "inner_split": "label-stratified split of lesion groups within each outer training "
-                           "part (skin_core.meta.classifier.inner_split)",
+                           "part (skin_core.meta.classifier.inner_split); masked copies keep "
+                           "their image's lesion group",
         },
         "tuning": {v: rows for v, rows in tuning.items()},
         "best_single_model_per_fold": best_choice,
@@ -661,7 +568,8 @@ def evaluate_meta(
         "settings": {
             "coverage": coverage, "class_conditional": class_conditional,
             "calibration": calibration, "referral_sensitivity": referral_sensitivity,
-            "use_logits": use_logits, "n_resamples": n_resamples, "seed": seed,
+            "use_logits": use_logits, "masked_copies": copies, "n_resamples": n_resamples,
+            "seed": seed,
             "bootstrap": "percentile, lesion-grouped (skin_core.analysis.metrics.bootstrap_ci),"
                          " 95%",
             "param_grid": {k_: list(v_) for k_, v_ in
@@ -670,7 +578,38 @@ def evaluate_meta(
         "elapsed_s": round(time.perf_counter() - t0, 2),
     }
     return MetaResult(report=report, predictions=predictions, predictor=predictor,
-                      train_ids=train_ids)
+                      train_ids=train_ids, predictor_nometa=predictor_nometa)
+
+
+def _fit_one(clf: MetaClassifier, X: pd.DataFrame, target: np.ndarray, groups: np.ndarray,
+             masks: np.ndarray | None, *, calibrate: bool, calibration: str,
+             seed: int) -> tuple[MetaClassifier, Calibrator | None]:
+    """Fit ``clf`` on ``X`` (+ its masked copies) and, when asked, a calibrator on the
+    original rows of its inner validation split (the rows the calibration is reported on:
+    with their own, natural missingness)."""
+    n_rows = len(X)
+    if masks is not None and len(masks):
+        X = with_masked_copies(X, masks)
+        target = repeat_for_copies(target, masks)
+        groups = repeat_for_copies(groups, masks)
+    clf.fit(X, target, groups=groups)
+    if not calibrate:
+        return clf, None
+    keep = clf.inner_val_index_ < n_rows
+    cal = fit_calibrator(clf.inner_val_proba_[keep], clf.inner_val_y_[keep], method=calibration,
+                         groups=groups[clf.inner_val_index_[keep]], seed=seed)
+    return clf, cal
+
+
+def _predictor(spec: FeatureSpec, clf: MetaClassifier, cal: Calibrator | None,
+               conformal: ConformalThresholds, ref_booster: Any, ref_spec: ReferralSpec | None,
+               *, info: dict[str, Any]) -> MetaPredictor:
+    return MetaPredictor(
+        feature_spec=spec, booster=clf.booster_,
+        trained_class_index=tuple(int(i) for i in clf.trained_class_index_),
+        calibrator=cal if cal is not None else Calibrator(), conformal=conformal,
+        referral_booster=ref_booster, referral=ref_spec, info=info,
+    )
 
 
 def _missing_summary(X: pd.DataFrame) -> dict[str, int]:
@@ -679,36 +618,3 @@ def _missing_summary(X: pd.DataFrame) -> dict[str, int]:
         SEX: int((X[SEX] == "unknown").sum()),
         SITE: int((X[SITE] == "unknown").sum()),
     }
-
-
-def _weighted_binary_auc(target: np.ndarray, scores: np.ndarray) -> Callable[[np.ndarray], float]:
-    two = np.column_stack([1 - scores, scores])
-    scorer = _Scorer(np.asarray(target, dtype=int), two, ["neg", "pos"], None)
-
-    def auc(w: np.ndarray) -> float:
-        return scorer(w)["auc:pos"]
-
-    return auc
-
-
-def _paired_difference(
-    points: dict, reps: dict, a: str, b: str, n_resamples: int, n: int
-) -> TestResult:
-    effect = points[a]["balanced_accuracy"] - points[b]["balanced_accuracy"]
-    d = reps[a]["balanced_accuracy"] - reps[b]["balanced_accuracy"]
-    d = d[np.isfinite(d)]
-    ci = _ci(d) if len(d) else [None, None]
-    p = float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()))) if len(d) else float("nan")
-    return TestResult(
-        name=f"balanced accuracy: {a} - {b}",
-        effect=float(effect),
-        ci=(float("nan") if ci[0] is None else ci[0], float("nan") if ci[1] is None else ci[1]),
-        statistic=float("nan"),
-        p_value=p,
-        method="paired lesion-grouped percentile bootstrap (same resamples for both methods)",
-        effect_name="difference in balanced accuracy (positive: meta-classifier better)",
-        assumptions="lesions independent; out-of-fold predictions of both methods on the "
-                    "same images",
-        n={"images": int(n), "resamples": int(n_resamples)},
-        extra={"p_value_method": "two-sided bootstrap sign test (2 x smaller tail share)"},
-    )

@@ -1,19 +1,23 @@
 """Meta-classifier features: per-model CNN probabilities (or logits) + patient metadata.
 
-Two steps, both pure functions:
-
-* :func:`oof_to_wide` validates a long OOF table (``image_id, model, arch, fold, label,
-  prob_<CLASS>...``; one row per image per model) and pivots it to one row per image with one
-  column ``"<model>:prob_<CLASS>"`` per model and class, plus ``label`` and ``fold``.
-* :func:`build_features` turns the wide table + a metadata table into the feature matrix
-  ``X`` and a :class:`FeatureSpec` that records the feature order, the categories and the
-  models, so that new rows can be built identically at prediction time.
+:func:`build_features` (a pure function) turns a :class:`~skin_core.meta.wide.WideOOF` (or a
+long OOF table, pivoted by :func:`~skin_core.meta.wide.oof_to_wide`) + a metadata table into
+the feature matrix ``X`` and a :class:`FeatureSpec` that records the feature order, the
+categories and the models, so that new rows can be built identically at prediction time;
+:func:`build_feature_array` builds the same numbers as one ndarray (the prediction-time fast
+path).
 
 Metadata rules: ``age_approx`` is a float and stays NaN when missing (LightGBM handles NaN);
 ``sex`` and ``anatom_site_general`` become pandas categoricals over a fixed vocabulary plus an
 explicit ``unknown`` category; missing values become ``unknown``; values outside the vocabulary
 are reported (warning + :attr:`FeatureSpec.unknown_values`) and become ``unknown``. Nothing is
 ever derived from the label.
+
+Quality rules: only the resolution-normalised measures of :data:`QUALITY_FEATURES` may become
+features (``q_<name>``); every other column of a quality table (image size, the
+full-resolution Laplacian variance, ``is_blurry``...) is ignored. Image size identifies the
+source archive of an ISIC 2019 image, and with it the class mix: a shortcut, not a property
+of the lesion, and out of range for an upload of any other size.
 """
 
 from __future__ import annotations
@@ -27,25 +31,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skin_core.constants import (
-    AGE,
-    FOLD,
-    IMAGE_ID,
-    LABEL,
-    PROB_PREFIX,
-    SEX,
-    SEX_VALUES,
-    SITE,
-    SITE_VALUES,
-    prob_columns,
-)
+from skin_core.constants import AGE, IMAGE_ID, SEX, SEX_VALUES, SITE, SITE_VALUES
 from skin_core.errors import ConfigError, DataError
+from skin_core.meta.wide import (  # re-exported: the wide table is the features' input
+    SUM_TOLERANCE,
+    WIDE_SEP,
+    WideOOF,
+    oof_to_wide,
+    wide_columns,
+    wide_from_probs,
+)
 
 UNKNOWN = "unknown"
-#: Column name separator in the wide OOF table: ``"<model>:prob_<CLASS>"``.
-WIDE_SEP = ":"
-#: Tolerance on probability rows summing to one.
-SUM_TOLERANCE = 1e-3
 #: Probabilities are clipped to ``[EPS, 1]`` before taking logs.
 EPS = 1e-7
 
@@ -53,6 +50,29 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     SEX: (*SEX_VALUES, UNKNOWN),
     SITE: (*SITE_VALUES, UNKNOWN),
 }
+
+#: The quality measures (columns of ``quality.csv``, :mod:`skin_core.analysis.quality`) that
+#: may become features, in feature order. Each is computed on the grey image resized to a long
+#: side of at most 256 px (or is a mean, ratio or histogram statistic), so it does not encode
+#: the image's size. Left out on purpose: ``width``, ``height`` and ``laplacian_var_full``
+#: (they identify the source archive), ``is_blurry`` (a threshold of ``blur_score``).
+QUALITY_FEATURES: tuple[str, ...] = (
+    "laplacian_var",
+    "wavelet_detail_energy",
+    "wavelet_ratio",
+    "fft_hf_ratio",
+    "brightness",
+    "contrast",
+    "entropy",
+    "vignette",
+    "blur_score",
+)
+
+__all__ = [
+    "CATEGORIES", "QUALITY_FEATURES", "SUM_TOLERANCE", "UNKNOWN", "WIDE_SEP", "FeatureSpec",
+    "MetaFeatureWarning", "WideOOF", "build_feature_array", "build_features", "category_codes",
+    "feature_name", "oof_to_wide", "quality_feature_columns", "wide_columns", "wide_from_probs",
+]
 
 
 class MetaFeatureWarning(UserWarning):
@@ -69,236 +89,6 @@ def _warn_unknown(source: str, unknown_values: dict[str, list[str]]) -> None:
             stacklevel=3,
         )
 
-
-@dataclass(frozen=True)
-class WideOOF:
-    """OOF predictions pivoted to one row per image.
-
-    Attributes
-    ----------
-    table:
-        DataFrame indexed by ``image_id`` (sorted) with ``label``, ``fold`` and one column
-        ``"<model>:prob_<CLASS>"`` per model and class.
-    models:
-        Model ids in sorted order.
-    classes:
-        Class codes in column order.
-    dropped:
-        Image ids dropped because some model had no prediction for them (only with
-        ``restrict=True``; empty otherwise).
-    """
-
-    table: pd.DataFrame
-    models: tuple[str, ...]
-    classes: tuple[str, ...]
-    dropped: tuple[str, ...] = ()
-
-    def probs(self, model: str) -> np.ndarray:
-        """``(N, K)`` probabilities of one model."""
-        return self.table[wide_columns(model, self.classes)].to_numpy(dtype=float)
-
-    def stacked(self) -> np.ndarray:
-        """``(M, N, K)`` probabilities of every model."""
-        return np.stack([self.probs(m) for m in self.models])
-
-    def label_index(self) -> np.ndarray:
-        """``(N,)`` integer labels into :attr:`classes`."""
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        return self.table[LABEL].map(lookup).to_numpy(dtype=int)
-
-
-def wide_columns(model: str, classes: Sequence[str]) -> list[str]:
-    """Wide-table column names ``"<model>:prob_<CLASS>"`` of one model."""
-    return [f"{model}{WIDE_SEP}{c}" for c in prob_columns(classes)]
-
-
-def oof_to_wide(
-    oof: pd.DataFrame,
-    *,
-    classes: Sequence[str] | None = None,
-    models: Sequence[str] | None = None,
-    restrict: bool = False,
-    source: str = "oof.csv",
-) -> WideOOF:
-    """Validate a long OOF table and pivot it to one row per image.
-
-    Parameters
-    ----------
-    oof:
-        Long table ``image_id, model, fold, label, prob_<CLASS>...`` (``arch`` optional),
-        one row per image per model. A table that is already wide (has ``"<model>:prob_"``
-        columns, ``label`` and ``fold``) is accepted as is.
-    classes:
-        Expected class codes in order (e.g. from the run's ``config.yaml``). Default: the
-        ``prob_`` columns of the table, in order.
-    models:
-        Models to keep (default: all, sorted).
-    restrict:
-        When some model lacks predictions for some images: ``False`` raises, ``True`` keeps
-        only images predicted by every model and lists the others in ``dropped``.
-    source:
-        File name used in error messages.
-
-    Returns
-    -------
-    WideOOF
-
-    Raises
-    ------
-    DataError
-        Missing columns, duplicate (image, model) rows, labels outside ``classes``,
-        probabilities that are missing / negative / do not sum to one, models with
-        different class lists, an image with different folds or labels across models,
-        or (without ``restrict``) images missing for some model.
-    """
-    if not isinstance(oof, pd.DataFrame):
-        raise DataError(f"{source}: expected a pandas DataFrame, got {type(oof).__name__}.")
-    if "model" not in oof.columns and any(WIDE_SEP + PROB_PREFIX in str(c) for c in oof.columns):
-        return _validate_wide(oof, classes=classes, models=models, source=source)
-    required = [IMAGE_ID, "model", FOLD, LABEL]
-    missing = [c for c in required if c not in oof.columns]
-    if missing:
-        raise DataError(
-            f"{source} lacks the column(s) {missing}; an OOF table needs "
-            f"image_id, model, arch, fold, label and one prob_<CLASS> column per class."
-        )
-    prob_cols = [c for c in oof.columns if str(c).startswith(PROB_PREFIX)]
-    table_classes = tuple(str(c)[len(PROB_PREFIX):] for c in prob_cols)
-    if not table_classes:
-        raise DataError(f"{source} has no prob_<CLASS> columns; nothing to stack.")
-    if classes is None:
-        classes = table_classes
-    classes = tuple(str(c) for c in classes)
-    if set(classes) != set(table_classes):
-        raise DataError(
-            f"{source} has probability columns for classes {list(table_classes)} but the run's "
-            f"classes are {list(classes)}; use the OOF table written for this run."
-        )
-    df = oof.copy()
-    df[IMAGE_ID] = df[IMAGE_ID].astype(str)
-    df["model"] = df["model"].astype(str)
-    df[LABEL] = df[LABEL].astype(str)
-    if models is not None:
-        unknown = sorted(set(models) - set(df["model"]))
-        if unknown:
-            raise ConfigError(
-                f"{source} has no model(s) {unknown}; available: {sorted(df['model'].unique())}."
-            )
-        df = df[df["model"].isin(list(models))]
-    model_ids = tuple(sorted(df["model"].unique()))
-    if not model_ids:
-        raise DataError(f"{source} has no rows; train the CNNs first.")
-
-    dup = df.duplicated([IMAGE_ID, "model"])
-    if dup.any():
-        row = df[dup].iloc[0]
-        raise DataError(
-            f"{source} has {int(dup.sum())} duplicate (image_id, model) rows, e.g. image "
-            f"{row[IMAGE_ID]} for model {row['model']}; keep one row per image per model."
-        )
-    bad_label = ~df[LABEL].isin(classes)
-    if bad_label.any():
-        row = df[bad_label].iloc[0]
-        raise DataError(
-            f"{source} row for image {row[IMAGE_ID]} has label {row[LABEL]!r}, which is not one "
-            f"of the classes {list(classes)}."
-        )
-    probs = df[prob_columns(classes)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    # Class lists per model: a model trained on other classes leaves some columns empty.
-    present = {m: tuple(c for c, k in zip(classes, range(len(classes)), strict=True)
-                        if np.isfinite(probs[(df["model"] == m).to_numpy(), k]).any())
-               for m in model_ids}
-    lists = {v for v in present.values()}
-    if len(lists) > 1:
-        ref = model_ids[0]
-        other = next(m for m in model_ids if present[m] != present[ref])
-        raise DataError(
-            f"{source}: models have different class lists: {ref} predicts {list(present[ref])} "
-            f"but {other} predicts {list(present[other])}; stack only models trained on the "
-            f"same classes (pass models=... / --models)."
-        )
-    bad = ~np.isfinite(probs).all(axis=1) | (probs < -SUM_TOLERANCE).any(axis=1)
-    bad |= np.abs(probs.sum(axis=1) - 1.0) > SUM_TOLERANCE
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        row = df.iloc[i]
-        raise DataError(
-            f"{source}: {int(bad.sum())} row(s) have missing, negative or non-normalised "
-            f"probabilities, e.g. image {row[IMAGE_ID]} model {row['model']} (sum "
-            f"{np.nansum(probs[i]):.4f}); prob_<CLASS> columns must be softmax outputs."
-        )
-    df[prob_columns(classes)] = probs
-
-    per_image = df.groupby(IMAGE_ID, sort=True).agg(
-        n_models=("model", "nunique"),
-        n_folds=(FOLD, "nunique"),
-        n_labels=(LABEL, "nunique"),
-    )
-    for col, what in (("n_folds", "fold"), ("n_labels", "label")):
-        multi = per_image[per_image[col] > 1]
-        if len(multi):
-            raise DataError(
-                f"{source}: image {multi.index[0]} has different {what} values across models "
-                f"({len(multi)} such images); every model must use the same {what} per image."
-            )
-    dropped: tuple[str, ...] = ()
-    incomplete = per_image[per_image["n_models"] < len(model_ids)]
-    if len(incomplete):
-        if not restrict:
-            img = incomplete.index[0]
-            have = set(df.loc[df[IMAGE_ID] == img, "model"])
-            lacking = [m for m in model_ids if m not in have]
-            raise DataError(
-                f"{source} has no out-of-fold predictions from some model for "
-                f"{len(incomplete)} of {len(per_image)} images, e.g. image {img} lacks model "
-                f"{lacking[0]}; finish training, pass models=[...] to stack only complete "
-                f"models, or restrict=True (--restrict) to drop those images."
-            )
-        dropped = tuple(str(i) for i in incomplete.index)
-        df = df[~df[IMAGE_ID].isin(set(dropped))]
-
-    wide = df.pivot(index=IMAGE_ID, columns="model", values=prob_columns(classes))
-    out = pd.DataFrame(index=pd.Index(sorted(df[IMAGE_ID].unique()), name=IMAGE_ID))
-    first = df.drop_duplicates(IMAGE_ID).set_index(IMAGE_ID)
-    out[LABEL] = first.loc[out.index, LABEL].astype(str).to_numpy()
-    out[FOLD] = pd.to_numeric(first.loc[out.index, FOLD], errors="coerce").to_numpy()
-    if out[FOLD].isna().any():
-        raise DataError(f"{source}: the fold column must be an integer for every row.")
-    out[FOLD] = out[FOLD].astype(int)
-    for m in model_ids:
-        for pc, wc in zip(prob_columns(classes), wide_columns(m, classes), strict=True):
-            out[wc] = wide[(pc, m)].reindex(out.index).to_numpy(dtype=float)
-    return WideOOF(table=out, models=model_ids, classes=classes, dropped=dropped)
-
-
-def _validate_wide(
-    table: pd.DataFrame,
-    *,
-    classes: Sequence[str] | None,
-    models: Sequence[str] | None,
-    source: str,
-) -> WideOOF:
-    cols = [str(c) for c in table.columns if WIDE_SEP + PROB_PREFIX in str(c)]
-    pairs = [c.split(WIDE_SEP + PROB_PREFIX, 1) for c in cols]
-    all_models = tuple(sorted({m for m, _ in pairs}))
-    table_classes = tuple(dict.fromkeys(c for _, c in pairs))
-    classes = tuple(classes) if classes is not None else table_classes
-    for m in all_models:
-        have = tuple(c for mm, c in pairs if mm == m)
-        if set(have) != set(classes):
-            raise DataError(
-                f"{source}: model {m} has probability columns for {list(have)} but the classes "
-                f"are {list(classes)}; stack only models trained on the same classes."
-            )
-    long = []
-    t = table.reset_index() if IMAGE_ID not in table.columns else table
-    for m in all_models:
-        part = pd.DataFrame({IMAGE_ID: t[IMAGE_ID], "model": m, FOLD: t[FOLD], LABEL: t[LABEL]})
-        for c in classes:
-            part[PROB_PREFIX + c] = t[f"{m}{WIDE_SEP}{PROB_PREFIX}{c}"].to_numpy()
-        long.append(part.dropna(subset=[PROB_PREFIX + c for c in classes], how="all"))
-    return oof_to_wide(pd.concat(long, ignore_index=True), classes=classes, models=models,
-                       source=source)
 
 
 @dataclass(frozen=True)
@@ -397,13 +187,15 @@ def build_features(
     use_logits:
         Use ``log(clip(p, 1e-7))`` instead of ``p``.
     quality:
-        Optional ``quality.csv`` table: ``image_id`` + numeric measures; each becomes
-        ``q_<name>`` (NaN for images without a row).
+        Optional ``quality.csv`` table: ``image_id`` + measures. The measures of
+        :data:`QUALITY_FEATURES` it has become ``q_<name>`` (NaN for images without a row);
+        its other columns are ignored (:func:`quality_feature_columns`).
     include_probs, include_metadata:
         Which groups of features to build (metadata-only and probabilities-only baselines).
     include_mean:
         With ``include_probs``, also add the ensemble mean probability (or its log) of each
-        class, ``p__mean__<C>``: trees find an average hard to build from splits alone.
+        class, ``p__mean__<C>``: trees find an average hard to build from splits alone. Not
+        added for a single model (it would duplicate that model's columns).
     spec:
         A spec from an earlier call: rebuild exactly its columns, categories and models
         (prediction time). The other options are then taken from ``spec``.
@@ -420,7 +212,8 @@ def build_features(
     Raises
     ------
     DataError
-        Images without a metadata row, missing metadata columns, non-numeric quality.
+        Images without a metadata row, missing metadata columns, a non-numeric quality
+        measure of :data:`QUALITY_FEATURES`.
 
     Examples
     --------
@@ -437,6 +230,8 @@ def build_features(
         include_mean = spec.ensemble_mean
         include_metadata = spec.metadata
     use_models = tuple(models) if models is not None else wide.models
+    if spec is None and len(use_models) < 2:
+        include_mean = False  # the mean of one model is that model: a duplicate column
     missing_models = [m for m in use_models if m not in wide.models]
     if missing_models:
         raise DataError(
@@ -479,10 +274,7 @@ def build_features(
     if spec is not None:
         quality_columns = spec.quality_columns
     elif quality is not None:
-        quality_columns = tuple(
-            c for c in quality.columns
-            if c not in (IMAGE_ID, "error") and _numeric_like(quality[c])
-        )  # quality.csv's "error" column is all-NaN (numeric-like) when every image decoded
+        quality_columns = quality_feature_columns(quality)
     if quality_columns:
         if quality is None:
             raise DataError(
@@ -565,8 +357,32 @@ def _categorical(values: pd.Series, vocabulary: tuple[str, ...]) -> tuple[pd.Cat
     return pd.Categorical(norm.to_numpy(dtype=object), categories=list(vocabulary)), unknown
 
 
-def _numeric_like(s: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)
+def quality_feature_columns(quality: pd.DataFrame) -> tuple[str, ...]:
+    """The measures of a quality table that may become features, in :data:`QUALITY_FEATURES`
+    order.
+
+    Every other column (``image_id``, ``width``, ``height``, ``laplacian_var_full``,
+    ``is_blurry``, ``error``, anything unknown) is ignored without an error.
+
+    Raises
+    ------
+    DataError
+        An allowed measure holds values that are not numbers.
+    """
+    q = quality.reset_index() if IMAGE_ID not in quality.columns else quality
+    out = []
+    for c in QUALITY_FEATURES:
+        if c not in q.columns:
+            continue
+        values = pd.to_numeric(q[c].astype(object).map(_boolish), errors="coerce")
+        bad = values.isna() & q[c].notna() & (q[c].astype(str).str.strip() != "")
+        if bad.any():
+            raise DataError(
+                f"The quality table's column {c} has the non-numeric value "
+                f"{q.loc[bad, c].iloc[0]!r}; use the quality.csv written by skin-core quality."
+            )
+        out.append(c)
+    return tuple(out)
 
 
 def _quality_for(index: pd.Index, quality: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -588,33 +404,6 @@ def _boolish(v: Any) -> Any:
     if isinstance(v, str) and v.strip().lower() in ("true", "false"):
         return float(v.strip().lower() == "true")
     return v
-
-
-def wide_from_probs(
-    image_ids: Sequence[str],
-    probs: Mapping[str, np.ndarray],
-    classes: Sequence[str],
-) -> WideOOF:
-    """A :class:`WideOOF` from per-model ``(N, K)`` probabilities (prediction time).
-
-    ``label`` is unknown at prediction time and set to the first class; ``fold`` to -1; neither
-    is ever a feature.
-    """
-    classes = tuple(classes)
-    ids = [str(i) for i in image_ids]
-    table = pd.DataFrame(index=pd.Index(ids, name=IMAGE_ID))
-    table[LABEL] = classes[0]
-    table[FOLD] = -1
-    for m in sorted(probs):
-        p = np.asarray(probs[m], dtype=float)
-        if p.shape != (len(ids), len(classes)):
-            raise DataError(
-                f"Model {m} gave probabilities of shape {p.shape}; expected "
-                f"({len(ids)}, {len(classes)}) for {len(ids)} images and classes {list(classes)}."
-            )
-        for k, wc in enumerate(wide_columns(m, classes)):
-            table[wc] = p[:, k]
-    return WideOOF(table=table, models=tuple(sorted(probs)), classes=classes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -826,47 +615,3 @@ def _ages(age: Any, n: int, source: str) -> np.ndarray:
                 f"number or leave it empty."
             ) from None
     return out
-
-
-def ensemble_feature_arrays(stacked: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`skin_core.meta.referral.ensemble_features` as NumPy columns (fast path).
-
-    Parameters
-    ----------
-    stacked:
-        ``(M, N, K)`` probabilities.
-
-    Returns
-    -------
-    dict
-        Name -> ``(N,)`` float64 for every name of
-        :data:`skin_core.meta.referral.ENSEMBLE_FEATURES`; ``ens_pred`` is the index of the
-        ensemble's class (the code of the pandas categorical over the classes).
-    """
-    from skin_core.meta.referral import _entropy  # the same function as the pandas path
-
-    stacked = np.asarray(stacked, dtype=float)
-    m, n, k = stacked.shape
-    mean = stacked.mean(axis=0)
-    srt = np.sort(mean, axis=1)
-    pred = mean.argmax(axis=1)
-    model_preds = stacked.argmax(axis=2)
-    js = np.zeros(n)
-    if m > 1:
-        pairs = 0
-        for a in range(m):
-            for b in range(a + 1, m):
-                mid = 0.5 * (stacked[a] + stacked[b])
-                js += _entropy(mid) - 0.5 * (_entropy(stacked[a]) + _entropy(stacked[b]))
-                pairs += 1
-        js /= pairs
-    top_probs = stacked[:, np.arange(n), pred]
-    return {
-        "ens_entropy": _entropy(mean),
-        "ens_max_prob": srt[:, -1],
-        "ens_margin": srt[:, -1] - (srt[:, -2] if k > 1 else 0.0),
-        "ens_pred": pred.astype(float),
-        "disagree_frac": (model_preds != pred[None, :]).mean(axis=0),
-        "mean_pairwise_js": np.maximum(js, 0.0),
-        "top_prob_std": top_probs.std(axis=0),
-    }

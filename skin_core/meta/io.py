@@ -40,10 +40,13 @@ from skin_core.meta.features import (
     WideOOF,
     build_feature_array,
     build_features,
-    ensemble_feature_arrays,
     oof_to_wide,
 )
-from skin_core.meta.referral import ENSEMBLE_FEATURES, referral_features
+from skin_core.meta.referral import (
+    ENSEMBLE_FEATURES,
+    ensemble_feature_arrays,
+    referral_features,
+)
 
 FORMAT = "skin-core-meta/1"
 MANIFEST = "meta_predictor.json"

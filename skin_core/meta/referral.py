@@ -50,8 +50,58 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=-1)
 
 
+def ensemble_feature_arrays(stacked: np.ndarray) -> dict[str, np.ndarray]:
+    """Disagreement and confidence features of an ensemble as NumPy columns.
+
+    The one implementation of :data:`ENSEMBLE_FEATURES`: :func:`ensemble_features` (training,
+    DataFrames) wraps it, and the prediction-time fast path
+    (:meth:`skin_core.meta.io.MetaPredictor.predict_arrays`) calls it directly.
+
+    Parameters
+    ----------
+    stacked:
+        ``(M, N, K)`` probabilities.
+
+    Returns
+    -------
+    dict
+        Name -> ``(N,)`` float64 for every name of :data:`ENSEMBLE_FEATURES`, in order:
+        entropy (nats) of the mean probabilities, their top probability and top-minus-second
+        margin, the ensemble's predicted class (``ens_pred``: its index, i.e. the code of the
+        pandas categorical over the classes), the share of models whose top class differs
+        from the ensemble's, the mean pairwise Jensen-Shannon divergence (nats; 0 for one
+        model) and the standard deviation across models of the probability each gives to
+        the ensemble's class.
+    """
+    stacked = np.asarray(stacked, dtype=float)
+    m, n, k = stacked.shape
+    mean = stacked.mean(axis=0)
+    srt = np.sort(mean, axis=1)
+    pred = mean.argmax(axis=1)
+    model_preds = stacked.argmax(axis=2)
+    js = np.zeros(n)
+    if m > 1:
+        pairs = 0
+        for a in range(m):
+            for b in range(a + 1, m):
+                mid = 0.5 * (stacked[a] + stacked[b])
+                js += _entropy(mid) - 0.5 * (_entropy(stacked[a]) + _entropy(stacked[b]))
+                pairs += 1
+        js /= pairs
+    top_probs = stacked[:, np.arange(n), pred]
+    return {
+        "ens_entropy": _entropy(mean),
+        "ens_max_prob": srt[:, -1],
+        "ens_margin": srt[:, -1] - (srt[:, -2] if k > 1 else 0.0),
+        "ens_pred": pred.astype(float),
+        "disagree_frac": (model_preds != pred[None, :]).mean(axis=0),
+        "mean_pairwise_js": np.maximum(js, 0.0),
+        "top_prob_std": top_probs.std(axis=0),
+    }
+
+
 def ensemble_features(stacked: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
-    """Disagreement and confidence features of an ensemble (no index set).
+    """:func:`ensemble_feature_arrays` as a DataFrame (no index set).
 
     Parameters
     ----------
@@ -63,16 +113,10 @@ def ensemble_features(stacked: np.ndarray, classes: Sequence[str]) -> pd.DataFra
     Returns
     -------
     DataFrame
-        Columns :data:`ENSEMBLE_FEATURES`: entropy (nats) of the mean probabilities, their top
-        probability and top-minus-second margin, the ensemble's predicted class, the share of
-        models whose top class differs from the ensemble's, the mean pairwise Jensen-Shannon
-        divergence (nats; 0 for one model) and the standard deviation across models of the
-        probability each gives to the ensemble's class.
+        Columns :data:`ENSEMBLE_FEATURES`.
     """
-    from skin_core.meta.features import ensemble_feature_arrays  # one implementation for both
-
-    cols = ensemble_feature_arrays(stacked)
-    codes = cols["ens_pred"].astype(np.int64)
+    cols: dict[str, object] = dict(ensemble_feature_arrays(stacked))
+    codes = np.asarray(cols["ens_pred"]).astype(np.int64)
     cols["ens_pred"] = pd.Categorical.from_codes(codes, categories=list(classes))
     return pd.DataFrame(cols)
 
