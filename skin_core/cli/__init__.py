@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "index",
     "calibrate",
     "predict",
+    "evaluate",
     "study",
 )
 
