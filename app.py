@@ -1,9 +1,10 @@
-"""Skin Disease Expert — Streamlit entry point: page config, disclaimer, navigation."""
+"""Skin Disease Expert — Streamlit entry point: page config, access, disclaimer, navigation."""
 
 from __future__ import annotations
 
 import streamlit as st
 
+from pages._ui import require_access
 from skin_core.workspace import active_selection, current_workspace
 
 st.set_page_config(
@@ -23,8 +24,10 @@ pages = [
     st.Page("pages/difficult.py", title="Difficult images", icon=":material/grid_view:"),
     st.Page("pages/experts.py", title="Experts vs CNN", icon=":material/groups:"),
     st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+    st.Page("pages/validation.py", title="Validation", icon=":material/fact_check:"),
 ]
 nav = st.navigation(pages)
+require_access(user_menu=True)  # localhost: open; elsewhere: login required, or refusal
 active = active_selection(current_workspace())
 with st.sidebar:
     st.caption(

@@ -11,4 +11,7 @@ if [ ! -f models/demo/bundle.json ]; then
   echo "     a few minutes on 2 CPU cores, once): skin-core demo"
   "$VENV/bin/skin-core" demo
 fi
+# Bound beyond localhost, the app needs a login configured (README, Access): refuse to start
+# without one instead of serving patient images to anyone who can reach the port.
+"$VENV/bin/python" -m skin_core.access --server.port "${PORT:-8501}" "$@" || exit 2
 exec "$VENV/bin/streamlit" run app.py --server.port "${PORT:-8501}" "$@"

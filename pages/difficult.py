@@ -7,27 +7,27 @@ import json
 import plotly.express as px
 import streamlit as st
 
-from pages._ui import active, gallery_for, no_study_message, thumbnail_uri
-from skin_core.app_support import (
+from pages._ui import active, gallery_for, no_study_message, synthetic_banner, thumbnail_uri
+from skin_core.app.common import study_files
+from skin_core.app.difficult import (
     blur_by_group,
     filter_gallery,
     gallery_export,
     model_columns,
-    page_slice,
     quality_tests_table,
     significance_table,
-    study_files,
     thumb_caption,
-    thumbnail_grid_html,
 )
+from skin_core.app.thumbnails import page_slice, thumbnail_grid_html
 from skin_core.errors import SkinCoreError
+
+ws, sel = active()  # first: access is checked before anything is shown
 
 st.title("Difficult images")
 st.caption("Images that all (or m of M) cross-validated CNNs misclassify, whether that is more "
            "than chance, and how their image quality compares with correctly classified "
            "(control) images.")
 
-ws, sel = active()
 if sel.study is None:
     no_study_message("gallery")
     st.stop()
@@ -36,6 +36,7 @@ try:
 except SkinCoreError as exc:
     st.error(str(exc))
     st.stop()
+synthetic_banner(study=sel.study)
 files = study_files(sel.study)
 models = model_columns(gallery)
 n_models = int(gallery["n_models"].max()) if len(gallery) else 1

@@ -5,9 +5,11 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from pages._ui import active, no_study_message
-from skin_core.app_support import (
+from pages._ui import active, no_study_message, synthetic_banner
+from skin_core.app.common import study_files
+from skin_core.app.experts import (
     ReaderInputs,
+    cnn_coverage,
     confusion_matrix,
     demo_reader_inputs,
     read_upload_csv,
@@ -15,7 +17,6 @@ from skin_core.app_support import (
     reader_group_table,
     reader_tests_table,
     run_reader_study,
-    study_files,
 )
 from skin_core.errors import SkinCoreError
 
@@ -32,14 +33,16 @@ class _Study:  # confusion_matrix needs summary / images / readings attributes
         self.summary, self.images, self.readings = summary, images, readings
 
 
+ws, sel = active()  # first: access is checked before anything is shown
+
 st.title("Experts vs CNN")
 st.caption("Readers' accuracy on the difficult and control images, their agreement, the "
            "CNNs on the same images, and tests that respect the readers x images design.")
 
-ws, sel = active()
 source = st.radio("Readings", ["The active study's reader study", "Upload readings.csv"],
                   horizontal=True)
 inputs = None
+study_truth = True  # whether the truth shown is the active study's
 if source.startswith("The active"):
     if sel.study is None:
         no_study_message("reader study")
@@ -78,6 +81,7 @@ else:
                      "(image_id, label) or make a study active.")
             st.stop()
         inputs = ReaderInputs(readings, truth, groups, files.get("oof"))
+        study_truth = not up_truth
     except SkinCoreError as exc:
         st.error(str(exc))
         st.stop()
@@ -88,6 +92,8 @@ except SkinCoreError as exc:
     st.error(str(exc))
     st.stop()
 study = _Study(summary, images, readings)
+if sel.study is not None and (study_truth or cnn_coverage(images)[0] > 0):
+    synthetic_banner(study=sel.study)  # the study's truth or CNN answers are on the page
 
 inp = summary["inputs"]
 c = st.columns(4)
@@ -127,7 +133,8 @@ else:
 st.subheader("Confusion matrices")
 cc = st.columns(3)
 group = cc[0].selectbox("Group", ["all", *summary["groups"]])
-whos = ["readers", "consensus"] + (["cnn"] if "cnn_pred" in images.columns else [])
+n_cnn, n_images = cnn_coverage(images, None if group == "all" else group)
+whos = ["readers", "consensus"] + (["cnn"] if n_cnn else [])
 cols = st.columns(len(whos))
 for col, who in zip(cols, whos, strict=True):
     tab = confusion_matrix(study, who=who, group=None if group == "all" else group)
@@ -137,5 +144,9 @@ for col, who in zip(cols, whos, strict=True):
     fig.update_layout(height=420, coloraxis_showscale=False,
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
     col.plotly_chart(fig, width="stretch")
+if n_cnn < n_images:
+    st.caption(f"The active study's CNNs predicted {n_cnn:,} of these {n_images:,} images"
+               + ("; the CNN panel shows those only." if n_cnn else
+                  ", so there is no CNN panel."))
 for w in summary.get("warnings") or []:
     st.caption(f"Note: {w}")

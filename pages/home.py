@@ -6,9 +6,9 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from pages._ui import DISCLAIMER, active
+from pages._ui import DISCLAIMER, active, synthetic_banner
 from skin_core.errors import SkinCoreError
-from skin_core.workspace import list_bundles, list_studies, set_active
+from skin_core.workspace import list_bundles, list_studies, read_manifest, set_active
 
 
 @st.cache_data(show_spinner="Reading the dataset…")
@@ -17,6 +17,8 @@ def dataset_summary(spec: str) -> dict:
 
     return load_dataset(spec, check_images=False).summary()
 
+
+ws, sel = active()  # first: access is checked before anything is shown
 
 st.title("Skin Disease Expert")
 st.markdown(
@@ -27,8 +29,9 @@ st.markdown(
 )
 st.info(DISCLAIMER, icon=":material/info:")
 
-ws, sel = active()
 studies, bundles = list_studies(ws), list_bundles(ws)
+synthetic_banner(bundle_manifest=read_manifest(sel.bundle) if sel.bundle else None,
+                 study=sel.study)
 st.subheader("Active study and model bundle")
 if not studies and not bundles:
     st.caption(f"No study in {ws.studies} and no bundle in {ws.models} yet: build the demo with "

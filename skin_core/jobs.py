@@ -70,7 +70,10 @@ def skin_core_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "skin_core", *args]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (not a zombie; exited children reaped)."""
+    if pid is None or int(pid) <= 0:
+        return False
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)  # reaps our own exited children
         if finished == pid:
@@ -114,8 +117,10 @@ def job_status(jobs_dir: str | os.PathLike[str], job_id: str, *, tail_lines: int
             state = "cancelled"
         else:
             state = "finished" if returncode == 0 else "failed"
-    elif _pid_alive(int(meta["pid"])):
+    elif pid_alive(int(meta["pid"])):
         state = "running"
+    elif int(meta["pid"]) < 0 and time.time() - meta_path.stat().st_mtime < 60:
+        state = "running"  # start_job is between writing job.json and starting the process
     else:
         state = "cancelled" if (d / "cancelled").exists() else "lost"
     log = d / "log.txt"
@@ -135,8 +140,11 @@ def list_jobs(jobs_dir: str | os.PathLike[str]) -> list[JobStatus]:
     root = Path(jobs_dir)
     if not root.is_dir():
         return []
-    out = [job_status(root, d.name) for d in root.iterdir() if (d / "job.json").is_file()]
-    return sorted(out, key=lambda s: s.started, reverse=True)
+    dirs = [d for d in root.iterdir() if (d / "job.json").is_file()]
+    # started has a resolution of one second: the job file's time orders jobs of one second
+    stamp = {d.name: (d / "job.json").stat().st_mtime_ns for d in dirs}
+    out = [job_status(root, d.name) for d in dirs]
+    return sorted(out, key=lambda s: (s.started, stamp[s.job_id]), reverse=True)
 
 
 def active_job(jobs_dir: str | os.PathLike[str], device: str = "cpu") -> JobStatus | None:
@@ -207,15 +215,15 @@ def cancel_job(
         Path(status.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(status.run_dir) / "cancel").write_text(_now())
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _pid_alive(status.pid):
+    while time.monotonic() < deadline and pid_alive(status.pid):
         time.sleep(0.2)
-    if _pid_alive(status.pid):
+    if pid_alive(status.pid):
         try:
             os.killpg(status.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _pid_alive(status.pid):
+        while time.monotonic() < deadline and pid_alive(status.pid):
             time.sleep(0.1)
     return job_status(jobs_dir, job_id)
 

@@ -4,7 +4,8 @@ Both are built from the files a study folder holds (see :mod:`skin_core.study`),
 can be regenerated at any time and read without the app. Sections appear when their inputs
 exist: data, per-model metrics, consistently misclassified images against chance, image
 quality of difficult vs control images, the generator's ground truth (demo), experts vs CNNs,
-and the meta-classifier's gains over the baselines.
+and the meta-classifier's gains over the baselines. A study on synthetic (demo) images says so
+in a red box above everything else (:data:`SYNTHETIC_REPORT_NOTICE`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,124 @@ def _ci(ci: Any, digits: int = 3) -> str:
     return f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
 
 
+#: Said at the top of the report of a study on synthetic (demo) images.
+SYNTHETIC_REPORT_NOTICE = (
+    "Synthetic data: this study's images were drawn by the demo generator, not taken from "
+    "patients. Its models, errors and reader statistics only demonstrate the method; none of "
+    "its numbers say anything about real lesions."
+)
+
+
+def study_is_synthetic_data(root: Path) -> bool:
+    """Whether the study in ``root`` ran on synthetic images: its dataset (``config.yaml``
+    ``dataset`` or ``summary.json`` ``spec``) holds the generator's ``generation_truth.csv``,
+    or its difficulty step checked against that truth (``ground_truth_check.json``)."""
+    import yaml
+
+    from skin_core.workspace import dataset_is_synthetic
+
+    if (root / "difficulty" / "ground_truth_check.json").is_file():
+        return True
+    specs = [(_load(root / "summary.json") or {}).get("spec")]
+    try:
+        cfg = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        specs.append(cfg.get("dataset") if isinstance(cfg, dict) else None)
+    except (OSError, yaml.YAMLError):
+        pass
+    return any(isinstance(s, str) and dataset_is_synthetic(s) for s in specs)
+
+
+def _duration(seconds: Any) -> str:
+    """``0.03 s``, ``4.2 s``, ``2 min 05 s``; ``n/a`` when unknown."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "n/a"
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    s = int(round(seconds))
+    return f"{s // 60} min {s % 60:02d} s"
+
+
+def _chance_figure(sig: dict[str, Any]) -> Any:
+    """Observed images wrong by all models against chance, as bars with 95 % intervals.
+
+    Chance is the expectation under independent models with the same per-class error rates:
+    exactly (Poisson-binomial) and by permutation; each bar carries its 95 % interval.
+    """
+    import plotly.graph_objects as go
+
+    null = sig.get("null_all_wrong") or {}
+    names, ys, lo, hi, colors = [], [], [], [], []
+
+    def add(name: str, y: Any, interval: Any, color: str) -> None:
+        if not isinstance(y, (int, float)) or not math.isfinite(y):
+            return
+        names.append(name)
+        ys.append(float(y))
+        iv = interval if isinstance(interval, (list, tuple)) and len(interval) == 2 else (y, y)
+        lo.append(max(0.0, float(y) - float(iv[0])))
+        hi.append(max(0.0, float(iv[1]) - float(y)))
+        colors.append(color)
+
+    add("chance (exact)", sig.get("expected_all_wrong"), null.get("exact_interval_95"), "#8a9aa5")
+    add("chance (permutation)", null.get("permutation_mean"),
+        null.get("permutation_interval_95"), "#b5c2ca")
+    add("observed", sig.get("observed_all_wrong"), None, "#c0392b")
+    fig = go.Figure(go.Bar(
+        x=names, y=ys, marker_color=colors, text=[_fmt(y, 1) for y in ys],
+        textposition="outside",
+        error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo,
+                 "color": "#1d2a33"}))
+    fig.update_layout(title="Images wrong by all models: observed vs chance",
+                      yaxis_title="images wrong by all models",
+                      yaxis={"rangemode": "tozero"})
+    return fig
+
+
+def _blurry_shares(merged: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per group: images, share called blurry (``blur_score < 0.5``), median blur score."""
+    rows = []
+    for g in ("difficult", "control"):
+        b = pd.to_numeric(merged.loc[merged["group"] == g, "blur_score"], errors="coerce")
+        b = b.dropna()
+        rows.append({"group": g, "images": _fmt(int(len(b))),
+                     "blurry (blur_score < 0.5)": f"{(b < 0.5).mean():.1%}" if len(b) else "n/a",
+                     "median blur_score": _fmt(float(b.median()) if len(b) else None)})
+    return rows
+
+
+def _sharpness_figure(merged: pd.DataFrame) -> Any | None:
+    """Box plots of the sharpness behind ``blur_score`` (log10 Laplacian variance) by group.
+
+    ``blur_score`` saturates at 1.0 for most sharp images, so its box plot collapses; the
+    Laplacian variance of the resolution-normalised image (its main input) keeps the spread.
+    Falls back to ``blur_score`` for quality tables without that column; ``None`` when there
+    is neither.
+    """
+    import numpy as np
+    import plotly.graph_objects as go
+
+    if "laplacian_var" in merged:
+        values = np.log10(pd.to_numeric(merged["laplacian_var"], errors="coerce").clip(lower=1e-3))
+        title = ("Sharpness by group: log10 Laplacian variance (the main input of blur_score; "
+                 "higher = sharper)")
+    elif "blur_score" in merged:
+        values = pd.to_numeric(merged["blur_score"], errors="coerce")
+        title = "blur_score (lower = blurrier) by group"
+    else:
+        return None
+    fig = go.Figure()
+    for g, color in (("difficult", "#c0392b"), ("control", "#2f6f8f")):
+        v = values[(merged["group"] == g).to_numpy()].dropna()
+        if len(v):
+            fig.add_box(y=v, name=g, boxpoints="outliers", marker_color=color)
+    if not fig.data:
+        return None
+    fig.update_layout(title=title, showlegend=False)
+    return fig
+
+
 @dataclass
 class _Doc:
     """Accumulates the report as Markdown and HTML in parallel."""
@@ -80,6 +199,11 @@ class _Doc:
             for r in rows)
         self.html.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
+    def notice(self, text: str) -> None:
+        """A warning nobody can miss: a quoted bold line in Markdown, a red box in HTML."""
+        self.md.append(f"> **{text}**\n")
+        self.html.append(f"<p class='notice'><b>{html.escape(text)}</b></p>")
+
     def figure(self, fig: Any) -> None:
         import plotly.io as pio
 
@@ -92,7 +216,8 @@ class _Doc:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#1d2a33}
 table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 td,th{border:1px solid #ccd;padding:4px 8px}
-th{background:#eef3f6}h1{color:#2f6f8f}.note{color:#555;font-size:0.9em}"""
+th{background:#eef3f6}h1{color:#2f6f8f}.note{color:#555;font-size:0.9em}
+.notice{background:#c0392b;color:#fff;padding:12px 16px;font-size:1.1em;border-radius:4px}"""
 
 
 def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
@@ -104,6 +229,8 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
     cfg_text = (root / "config.yaml").read_text() if (root / "config.yaml").is_file() else ""
     summary = _load(root / "summary.json") or {}
     doc.heading("Skin Disease Expert — study report", 1)
+    if study_is_synthetic_data(root):
+        doc.notice(SYNTHETIC_REPORT_NOTICE)
     doc.para(f"Dataset: {summary.get('spec', 'unknown')}. For research use only; not a medical "
              "device.")
 
@@ -145,17 +272,7 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
             f"{_fmt(sig.get('p_value_exact'))} (log10 {_fmt(sig.get('log10_p_value_exact'), 1)}), "
             f"permutation p = {_fmt(sig.get('p_value_permutation'))} "
             f"({_fmt(sig.get('n_permutations'))} permutations).")
-        null = sig.get("null_all_wrong")
-        fig = go.Figure()
-        if isinstance(null, dict) and null.get("counts"):
-            fig.add_bar(x=null.get("values"), y=null.get("counts"), name="permutation null")
-        fig.add_vline(x=sig.get("observed_all_wrong"), line_color="crimson",
-                      annotation_text="observed")
-        fig.add_vline(x=sig.get("expected_all_wrong"), line_dash="dash",
-                      annotation_text="expected")
-        fig.update_layout(title="Images wrong by all models: observed vs chance",
-                          xaxis_title="images wrong by all models")
-        doc.figure(fig)
+        doc.figure(_chance_figure(sig))
 
     qvd = _load(root / "difficulty" / "quality_vs_difficulty.json")
     quality_path = root / "quality.csv"
@@ -185,11 +302,9 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
         merged = q.merge(diff[["image_id", "group"]], on="image_id")
         merged = merged[merged["group"].isin(["difficult", "control"])]
         if "blur_score" in merged:
-            fig = go.Figure()
-            for g in ("difficult", "control"):
-                fig.add_box(y=merged.loc[merged["group"] == g, "blur_score"], name=g,
-                            boxpoints="outliers")
-            fig.update_layout(title="blur_score (lower = blurrier) by group")
+            doc.table(_blurry_shares(merged))
+        fig = _sharpness_figure(merged)
+        if fig is not None:
             doc.figure(fig)
 
     gt = _load(root / "difficulty" / "ground_truth_check.json")
@@ -272,8 +387,9 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
     steps = _load(root / "steps.json") or {}
     if steps:
         doc.heading("Steps")
-        doc.table([{"step": k, "seconds": _fmt(v.get("seconds"), 1),
-                    "finished": v.get("finished", "")} for k, v in steps.items()])
+        doc.table([{"step": k, "time": _duration(v.get("seconds")),
+                    "finished": v.get("finished", "")} for k, v in steps.items()
+                   if isinstance(v, dict)])
     if cfg_text:
         doc.heading("Configuration")
         doc.md.append("```yaml\n" + cfg_text.rstrip() + "\n```\n")

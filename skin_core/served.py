@@ -124,7 +124,9 @@ def _refit_meta(pred: Any, per_model: dict[str, np.ndarray], y: np.ndarray,
     conformal = fit_conformal(calibrated, y, pred.classes, coverage=coverage,
                               class_conditional=pred.conformal.class_conditional)
     fitted: dict[str, Any] = {"calibration": calibrator.method,
-                              "conformal_threshold": conformal.thresholds[0]}
+                              "conformal_threshold": (float(conformal.thresholds[0])
+                                                      if np.isfinite(conformal.thresholds[0])
+                                                      else None)}
     referral = pred.referral
     if referral is not None and scores.referral_prob is not None:
         target = _wrong_by_all(probs, y)
@@ -147,13 +149,12 @@ def _refit_meta(pred: Any, per_model: dict[str, np.ndarray], y: np.ndarray,
 
 
 def finite_sample_quantile(scores: np.ndarray, level: float) -> float:
-    """The split-conformal threshold: the ``ceil((n+1) level)/n`` quantile of ``n`` scores
-    (``method="higher"``), so a new exchangeable score is at most it with probability
-    >= ``level``; ``inf`` when ``n`` is too small for that."""
-    scores = np.asarray(scores, dtype=float)
-    n = len(scores)
-    q = np.ceil((n + 1) * level) / n if n else np.inf
-    return float("inf") if q > 1 else float(np.quantile(scores, q, method="higher"))
+    """The split-conformal threshold of ``n`` scores: the ``ceil((n+1) level)``-th smallest
+    (:func:`~skin_core.meta.conformal.conformal_quantile`), so a new exchangeable score is at
+    most it with probability >= ``level``; ``inf`` when ``n`` is too small for that."""
+    from skin_core.meta.conformal import conformal_quantile
+
+    return float(conformal_quantile(np.asarray(scores, dtype=float), level))
 
 
 def validation_metrics(results: Sequence[Any], labels: Sequence[str],

@@ -211,6 +211,67 @@ def list_bundles(ws: Workspace) -> list[BundleInfo]:
 
 
 # --------------------------------------------------------------------------------------------
+# synthetic (demo) or real data
+
+#: The demo generator's file of per-image generation truth; only synthetic datasets have it.
+GENERATION_TRUTH = "generation_truth.csv"
+
+
+def dataset_root(spec: str | None) -> Path | None:
+    """The folder a dataset spec points at (the file's folder for ``csv:FILE``), or ``None``
+    when the spec is missing or malformed."""
+    if not spec:
+        return None
+    from skin_core.data.tables import parse_spec
+    from skin_core.errors import SkinCoreError
+
+    try:
+        _kind, path, _opts = parse_spec(str(spec))
+    except SkinCoreError:
+        return None
+    return path if path.is_dir() else path.parent
+
+
+def dataset_is_synthetic(spec: str | None) -> bool:
+    """Whether the dataset of ``spec`` was drawn by the demo generator (its folder holds
+    ``generation_truth.csv``)."""
+    root = dataset_root(spec)
+    return root is not None and (root / GENERATION_TRUTH).is_file()
+
+
+def bundle_is_synthetic(manifest: dict[str, Any] | None) -> bool:
+    """Whether a bundle (its parsed ``bundle.json``) was trained on synthetic images.
+
+    ``provenance.synthetic`` when the manifest records it; for older bundles without
+    provenance, whether the training run's dataset folder (``run.dataset``) holds the
+    generator's ``generation_truth.csv``.
+    """
+    manifest = manifest or {}
+    prov = manifest.get("provenance") or {}
+    if isinstance(prov, dict) and isinstance(prov.get("synthetic"), bool):
+        return prov["synthetic"]
+    run = manifest.get("run") or {}
+    spec = run.get("dataset") if isinstance(run, dict) else None
+    if isinstance(spec, dict):
+        spec = spec.get("spec")
+    return dataset_is_synthetic(spec if isinstance(spec, str) else None)
+
+
+def read_manifest(bundle: str | os.PathLike[str]) -> dict[str, Any]:
+    """A bundle's ``bundle.json`` as a dict (``{}`` when missing or unreadable)."""
+    try:
+        doc = json.loads((Path(bundle) / "bundle.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def study_is_synthetic(study: str | os.PathLike[str]) -> bool:
+    """Whether a study folder's dataset (``config.yaml`` ``dataset``) is synthetic."""
+    return dataset_is_synthetic(study_info(study).dataset)
+
+
+# --------------------------------------------------------------------------------------------
 # the active study and bundle
 
 

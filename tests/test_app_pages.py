@@ -7,6 +7,7 @@ with two tiny CNNs, its bundle and simulated readers.
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["home", "predict", "difficult", "experts", "training"]
+PAGES = ["home", "predict", "difficult", "experts", "training", "validation"]
 
 pytestmark = pytest.mark.slow  # the shared study takes about a minute to build
 
@@ -40,9 +41,32 @@ def app(monkeypatch, app_workspace, tmp_path):
     return make
 
 
+SYNTHETIC = "synthetic demo images"  # in both notices (bundle and study)
+
+
 def _errors(at: AppTest) -> list[str]:
-    """Error messages on the page, without the (red) referral banner of a prediction."""
-    return [e.value for e in at.error if "Refer for specialist review" not in e.value]
+    """Error messages on the page, without the (red) referral banner of a prediction and the
+    (red) notice that the test workspace's data are synthetic."""
+    return [e.value for e in at.error
+            if "Refer for specialist review" not in e.value and SYNTHETIC not in e.value]
+
+
+def _flat(node, out=None) -> list:
+    """Every element of the page in display order (depth first)."""
+    out = [] if out is None else out
+    for child in getattr(node, "children", {}).values():
+        out.append(child)
+        _flat(child, out)
+    return out
+
+
+def _position(at: AppTest, kind: str, text: str) -> int:
+    """Index in display order of the first ``kind`` element whose label or value has text."""
+    for i, el in enumerate(_flat(at.main)):
+        if type(el).__name__ == kind and text in str(getattr(el, "label", "")) + str(
+                getattr(el, "value", "") if kind != "Dataframe" else ""):
+            return i
+    raise AssertionError(f"no {kind} with {text!r} on the page")
 
 
 def _texts(at: AppTest) -> str:
@@ -53,8 +77,10 @@ def _texts(at: AppTest) -> str:
 def test_every_page_runs(app, page):
     at = app(page)
     assert at.title[0].value in {"Skin Disease Expert", "Predict", "Difficult images",
-                                 "Experts vs CNN", "Training"}
-    assert not at.error, [e.value for e in at.error]
+                                 "Experts vs CNN", "Training", "Validation"}
+    assert not _errors(at), _errors(at)
+    # the test study and bundle are synthetic: every page with diagnoses says so
+    assert (page == "training") != any(SYNTHETIC in e.value for e in at.error)
 
 
 def test_home_shows_active_study_and_bundle(app, app_workspace):
@@ -86,13 +112,49 @@ def test_predict_demo_image_with_metadata(app, app_workspace):
     assert metrics["Top diagnosis"] in {"MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"}
     assert metrics["Calibrated probability"].endswith("%")
     assert "Blur score" in metrics and "Sharper than" in metrics
-    table = at.dataframe[0].value
+    # the synthetic-data notice stands above the diagnosis
+    assert _position(at, "Error", SYNTHETIC) < _position(at, "Metric", "Top diagnosis")
+    table = _meta_table(at)
     assert table["variant"].tolist() == ["with metadata", "without metadata"]
     assert table["source"][0] == "with_metadata"
     assert table["source"][1] in {"without_metadata", "metadata_missing"}
+    strip = next(c for c in at.get("plotly_chart") if "falls among" in c.proto.spec)
+    spec = json.loads(strip.proto.spec)
+    assert len(spec["data"][0]["y"]) >= 3  # one dot per quality measure of the reference
     assert len(at.get("image")) >= 2  # the original and the Grad-CAM overlay
     assert {b.label for b in at.get("download_button")} == {
-        "Download result (JSON)", "Download one-page report (HTML)"}
+        "Download result (JSON)", "Download one-page report (HTML)",
+        "Download this table (YAML)"}
+    # what to do, with the cost table behind it, and similar training cases to compare with
+    assert any("Suggested management" in m.value for m in [*at.info, *at.warning])
+    assert any("Similar training cases" in m.value for m in at.markdown)
+
+
+def _meta_table(at):
+    return next(d.value for d in at.dataframe if "variant" in d.value.columns)
+
+
+def test_several_images_give_a_triage_table_first(app, app_workspace):
+    at = app("predict")
+    files = sorted((app_workspace / "data/demo/ISIC_2019_Training_Input").glob("*.jpg"))[:3]
+    at.file_uploader[0].set_value([(f.name, f.read_bytes(), "image/jpeg") for f in files])
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert any(h.value == "Triage of 3 images" for h in at.subheader)
+    triage = next(d.value for d in at.dataframe if "diagnosis" in d.value.columns
+                  and "refer" in d.value.columns)
+    assert sorted(triage["image"]) == sorted(f.name for f in files)
+    assert "Download triage (CSV)" in {b.label for b in at.get("download_button")}
+
+
+def test_predict_without_metadata_still_shows_both_rows(app, app_workspace):
+    at = app("predict")
+    at.file_uploader[0].set_value(("plain.jpg", _demo_image(app_workspace), "image/jpeg")).run()
+    assert not at.exception and not _errors(at), _errors(at)
+    table = _meta_table(at)
+    assert table["variant"].tolist() == ["with metadata", "without metadata"]
+    assert table["diagnosis"][0] == "–" and "enter age, sex or site" in table["source"][0]
+    assert table["diagnosis"][1] == {m.label: m.value for m in at.metric}["Top diagnosis"]
 
 
 def _bomb_png() -> bytes:
@@ -141,7 +203,7 @@ def test_gallery_filters_change_what_is_shown(app, app_workspace):
 def test_experts_default_and_uploaded_readings(app, app_workspace):
     at = app("experts")
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Readers"] == "3" and not at.error
+    assert metrics["Readers"] == "3" and not _errors(at)
     assert len(at.dataframe) >= 2  # groups + tests
     readings = pd.read_csv(app_workspace / "studies/demo/readings.csv")
     two = readings[readings["reader_id"].isin(sorted(readings["reader_id"].unique())[:2])]
@@ -149,39 +211,126 @@ def test_experts_default_and_uploaded_readings(app, app_workspace):
     at.file_uploader[0].set_value(("readings.csv", two.to_csv(index=False).encode(),
                                    "text/csv"))
     at.button[0].click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert not at.exception and not _errors(at), _errors(at)
     assert {m.label: m.value for m in at.metric}["Readers"] == "2"
     bad = two.drop(columns=["diagnosis"]).to_csv(index=False).encode()
     at.file_uploader[0].set_value(("bad.csv", bad, "text/csv"))
     at.button[0].click().run()
     assert not at.exception
-    assert at.error and "diagnosis" in at.error[0].value and "bad.csv" in at.error[0].value
+    assert _errors(at) and "diagnosis" in _errors(at)[0] and "bad.csv" in _errors(at)[0]
+
+
+def _chart_titles(at: AppTest) -> list[str]:
+    out = []
+    for c in at.get("plotly_chart"):
+        title = json.loads(c.proto.spec).get("layout", {}).get("title", {})
+        out.append(title.get("text", "") if isinstance(title, dict) else str(title))
+    return out
+
+
+def test_experts_no_cnn_panel_for_images_the_cnns_never_saw(app):
+    ids = [f"NEW_{i:03d}" for i in range(12)]
+    truth = pd.DataFrame({"image_id": ids, "label": ["MEL", "NV", "BCC"] * 4})
+    readings = pd.DataFrame([{"reader_id": r, "image_id": i, "diagnosis": d}
+                             for r in ("R1", "R2") for i, d in zip(ids, ["MEL", "NV"] * 6,
+                                                                   strict=True)])
+    at = app("experts")
+    assert "CNN ensemble" in _chart_titles(at)  # the study's own readings: CNN answers exist
+    at.radio[0].set_value("Upload readings.csv").run()
+    at.file_uploader[0].set_value(("readings.csv", readings.to_csv(index=False).encode(),
+                                   "text/csv"))
+    at.file_uploader[1].set_value(("truth.csv", truth.to_csv(index=False).encode(),
+                                   "text/csv"))
+    groups = truth.assign(group=["difficult", "control"] * 6)[["image_id", "group"]]
+    at.file_uploader[2].set_value(("groups.csv", groups.to_csv(index=False).encode(),
+                                   "text/csv"))
+    at.button[0].click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert "CNN ensemble" not in _chart_titles(at)
+    assert "Readers (every reading)" in _chart_titles(at)
+    assert not any(SYNTHETIC in e.value for e in at.error)  # nothing here is the study's
+    assert any("predicted 0 of these 12 images, so there is no CNN panel" in c.value
+               for c in at.caption)
+
+
+def _form(at: AppTest) -> dict:
+    widgets = [*at.text_input, *at.number_input, *at.selectbox, *at.multiselect]
+    return {w.label: w for w in widgets}
+
+
+def test_training_lists_the_demo_run_and_launches_only_on_the_button(app, app_workspace):
+    from skin_core.jobs import list_jobs
+    from skin_core.workspace import current_workspace
+
+    at = app("training")
+    runs = at.dataframe[0].value.set_index("name")  # the study `skin-core demo` made
+    assert runs.loc["demo", "state"] == "finished" and runs.loc["demo", "source"] == "study"
+    assert at.get("form")[0].proto.form.enter_to_submit is False
+    n_studies = len(list((app_workspace / "studies").iterdir()))
+    form = _form(at)
+    form["Name"].set_value("enter-pressed")
+    form["Folds"].set_value(3)  # typed, then Enter: confirms the value, launches nothing
+    at.run()
+    form = _form(at)
+    form["Epochs"].set_value(2).run()
+    assert not list_jobs(current_workspace().jobs)
+    assert len(list((app_workspace / "studies").iterdir())) == n_studies
+
+
+def test_training_shows_an_interrupted_run_with_resume(app, monkeypatch, tmp_path):
+    from skin_core.jobs import list_jobs
+    from skin_core.workspace import current_workspace
+
+    runs = tmp_path / "runs"
+    run = runs / "crashed"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("models: [m]\ntrain: {device: cpu, folds: 2, epochs: 2}\n")
+    (run / "status.json").write_text(json.dumps({
+        "state": "running", "pid": 2**22 + 12345, "progress": 0.25,
+        "started": "2030-01-01T00:00:00+00:00"}))
+    monkeypatch.setenv("SKIN_CORE_RUNS_DIR", str(runs))
+    at = app("training")
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["crashed", "state"] == "interrupted"
+    assert table.loc["demo", "state"] == "finished"
+    show = next(s for s in at.selectbox if s.label == "Show run")
+    show.set_value(str(run.resolve())).run()
+    assert any("process is gone before it finished" in w.value for w in at.warning)
+    resume = next(b for b in at.button if b.label == "Resume")
+    resume.click().run()
+    jobs = list_jobs(current_workspace().jobs)
+    assert len(jobs) == 1 and jobs[0].argv[-4:] == ("train", "--out", str(run.resolve()),
+                                                    "--resume")
+    deadline = time.monotonic() + 120  # the fake run has no data: the job fails; let it end
+    while time.monotonic() < deadline and list_jobs(current_workspace().jobs)[0].active:
+        time.sleep(1)
 
 
 def test_training_launch_refuse_second_and_finish(app, app_workspace):
     at = app("training")
-    assert "No runs yet." in _texts(at)
-    form = {w.label: w for w in at.text_input}
+    form = _form(at)
     form["Name"].set_value("tiny")
-    at.multiselect[0].set_value(["test_resnet"])
-    at.number_input[0].set_value(2)
-    at.number_input[1].set_value(1)
-    at.selectbox[0].set_value(32)
-    at.button[0].click().run()
-    assert not at.exception and not at.error, [e.value for e in at.error]
-    assert at.dataframe[0].value["name"].tolist() == ["tiny"]
-    # a second launch on the same device is refused while the first runs
-    form = {w.label: w for w in at.text_input}
-    form["Name"].set_value("second")
-    at.button[-1].click().run()
-    assert at.error and "already running" in at.error[0].value
+    form["Architectures"].set_value(["test_resnet"])
+    form["Folds"].set_value(2)
+    form["Epochs"].set_value(1)
+    form["Image size"].set_value(32)
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert not at.exception and not _errors(at), _errors(at)
+    names = at.dataframe[0].value["name"].tolist()
+    assert "tiny" in names and "demo" in names  # (a job of an earlier test may be newer)
+    # a second launch on the same device is refused while the first runs, leaving nothing
+    _form(at)["Name"].set_value("second")
+    next(b for b in at.button if b.label == "Launch").click().run()
+    assert _errors(at) and "already running" in _errors(at)[0]
+    assert not (app_workspace / "studies" / "second").exists()
     deadline = time.monotonic() + 600
     state = None
     while time.monotonic() < deadline:
         time.sleep(3)
         at.run()
-        state = at.dataframe[0].value["state"].tolist()[0]
-        if state != "running":
+        table = at.dataframe[0].value.set_index("name")
+        state = table.loc["tiny", "state"]
+        if state not in ("running", "starting"):
             break
     assert state == "finished", "\n".join(c.value for c in at.code)
     at.run()
@@ -190,6 +339,8 @@ def test_training_launch_refuse_second_and_finish(app, app_workspace):
     sel = active_selection(current_workspace())
     assert sel.study.name == "tiny" and sel.bundle.name == "tiny"
     assert (app_workspace / "models/tiny/bundle.json").is_file()
+    next(s for s in at.selectbox if s.label == "Show run").set_value(
+        str((app_workspace / "studies/tiny/run").resolve())).run()
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["ETA (training)"] == "done" and metrics["Fold"] == "1"
 
@@ -233,8 +384,9 @@ def test_training_cancel_and_resume(app, app_workspace, tmp_path):
         resume = next(b for b in at.button if b.label == "Resume")
         resume.click().run()
         assert not (app_workspace / "studies/cancel-me/run/cancel").exists()
-        states = at.dataframe[0].value["state"].tolist()
-        assert states[0] == "running" and states.count("cancelled") == 1
+        table = at.dataframe[0].value  # one row per run: the resumed run is running again
+        assert table["name"].tolist().count("cancel-me") == 1
+        assert table.set_index("name").loc["cancel-me", "state"] in ("starting", "running")
     finally:
         for job in list_jobs(jobs_dir):
             if job.active:

@@ -103,6 +103,11 @@ def app_url(home, tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        from skin_core.jobs import cancel_job, list_jobs
+
+        for job in list_jobs(state / "jobs"):  # a job a failed test launched by mistake
+            if job.active:
+                cancel_job(state / "jobs", job.job_id, grace_s=2.0)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         perf["workspace"] = str(home)
         PERF.write_text(json.dumps(perf, indent=2) + "\n")
@@ -161,7 +166,12 @@ def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, home):
     page.get_by_text("Top diagnosis").first.wait_for()
     page.get_by_text("Grad-CAM heatmap").first.wait_for()
     page.get_by_text("Image quality").first.wait_for()
-    page.get_by_text("Blur score against the training distribution").first.wait_for()
+    page.get_by_text("Where this image falls among").first.wait_for()
+    # the bundle was trained on synthetic images: said above the diagnosis
+    notice = page.get_by_text("This model was trained on synthetic demo images").first
+    assert notice.is_visible()
+    assert (notice.bounding_box()["y"]
+            < page.get_by_text("Top diagnosis").first.bounding_box()["y"])
     page.wait_for_function(  # the original and the heatmap overlay are drawn
         "() => Array.from(document.querySelectorAll('[data-testid=stImage] img'))"
         ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
@@ -195,8 +205,10 @@ def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, 
         {"name": "bomb.png", "mimeType": "image/png", "buffer": _bomb_png()},
     ])
     page.get_by_text("notes.jpg", exact=False).nth(1).wait_for()
-    page.locator("[data-testid=stAlertContentError]").nth(1).wait_for()
-    errors = page.locator("[data-testid=stAlertContentError]").all_inner_texts()
+    alerts = page.locator("[data-testid=stAlertContentError]")  # (with the synthetic notice)
+    for name in ("notes.jpg", "bomb.png"):
+        alerts.filter(has_text=name).first.wait_for()
+    errors = alerts.all_inner_texts()
     assert any("notes.jpg" in e for e in errors) and any("bomb.png" in e for e in errors)
     assert any("pixels" in e for e in errors)
     _shot(page, "predict-bad-input")
@@ -265,8 +277,19 @@ def test_experts_page_and_bad_csv(page, app_url, tmp_path):
     _shot(page, "experts-bad-csv")
 
 
-def test_training_page(page, app_url):
+def test_training_page(page, app_url, home):
     page.goto(f"{app_url}/training")
     page.get_by_text("New run").first.wait_for()
     _running_done(page)
     _shot(page, "training")
+    # Enter in a number field confirms the number; it does not launch the form
+    before = sorted(p.name for p in (home / "studies").iterdir())
+    name = page.get_by_label("Name")
+    name.fill("enter-must-not-launch")
+    folds = page.get_by_label("Folds")
+    folds.fill("3")
+    folds.press("Enter")
+    page.wait_for_timeout(2000)
+    _running_done(page)
+    assert sorted(p.name for p in (home / "studies").iterdir()) == before
+    assert page.get_by_text("Started enter-must-not-launch").count() == 0

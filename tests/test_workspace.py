@@ -94,3 +94,28 @@ def test_set_active_refuses_non_study_and_vanished_choice_falls_back(ws):
     assert active_selection(ws).bundle is None
     (ws.state / "active.json").write_text("not json")
     assert active_selection(ws).study.name == "demo"
+
+
+def test_synthetic_datasets_are_recognised_by_the_generator_truth(tmp_path):
+    from skin_core.workspace import (
+        bundle_is_synthetic,
+        dataset_is_synthetic,
+        dataset_root,
+        read_manifest,
+    )
+
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "generation_truth.csv").write_text("image_id\n")
+    (demo / "table.csv").write_text("image_id,label\n")
+    assert dataset_root(f"isic2019:{demo}") == demo
+    assert dataset_root(f"csv:{demo / 'table.csv'},root={demo}") == demo
+    assert dataset_root("not a spec") is None and dataset_root(None) is None
+    assert dataset_is_synthetic(f"csv:{demo / 'table.csv'}")
+    assert not dataset_is_synthetic(f"ham10000:{tmp_path / 'elsewhere'}")
+    assert bundle_is_synthetic({"run": {"dataset": {"spec": f"isic2019:{demo}"}}})
+    assert not bundle_is_synthetic({"provenance": {"synthetic": False, "dataset": "x"}})
+    assert bundle_is_synthetic({"provenance": {"synthetic": True}})
+    assert not bundle_is_synthetic(None)
+    b = _bundle(tmp_path / "b")
+    assert read_manifest(b)["name"] == "b" and read_manifest(tmp_path / "none") == {}

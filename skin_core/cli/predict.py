@@ -136,6 +136,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"Bundle {args.bundle} has no retrieval index, so --similar cannot "
                           "find similar cases; build it with `skin-core index --bundle "
                           f"{args.bundle} --dataset SPEC --folds folds.csv`.")
+    if predictor.bundle.synthetic and not args.json:  # said first, with the results
+        from skin_core.app.synthetic import SYNTHETIC_BUNDLE_NOTICE
+
+        print(f"NOTE: {SYNTHETIC_BUNDLE_NOTICE}")
     heat_dir = Path(args.heatmap_dir) if args.heatmap_dir else None
     results = predictor.iter_predict(images, metadata=metadata, batch_size=args.batch_size,
                                      workers=args.workers, heatmap=heat_dir is not None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from skin_core.cli._common import add_json_option, print_json
 
@@ -47,14 +49,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _say(line: str) -> None:
-    print(f"skin-core: {line}", file=sys.stderr, flush=True)
+    """One progress line on stderr (above any progress bar when stderr is a terminal)."""
+    text = f"skin-core: {line}"
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)  # clears and redraws the bars around the line
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _following(study_dir: Path) -> Any:
+    """Per-epoch lines with an ETA while the study trains (:mod:`skin_core.progress`)."""
+    from skin_core.progress import follow_training
+
+    return follow_training(study_dir / "run", say=_say)
 
 
 def run_study_cmd(args: argparse.Namespace) -> int:
     from skin_core.study import run_study
 
-    result = run_study(args.dataset, args.out, config=args.config, readings=args.readings,
-                       force=args.force, progress=_say)
+    with _following(Path(args.out)):
+        result = run_study(args.dataset, args.out, config=args.config, readings=args.readings,
+                           force=args.force, progress=_say)
     if args.json:
         print_json(result.to_dict())
     else:
@@ -66,8 +83,13 @@ def run_study_cmd(args: argparse.Namespace) -> int:
 
 def run_demo_cmd(args: argparse.Namespace) -> int:
     from skin_core.demo import build_demo
+    from skin_core.workspace import current_workspace
 
-    result = build_demo(args.root, config=args.config, force=args.force, progress=_say)
+    root = Path(args.root).resolve()
+    # where build_demo puts the study: the workspace's studies/ in the current folder
+    studies = current_workspace().studies if root == Path.cwd().resolve() else root / "studies"
+    with _following(studies / "demo"):
+        result = build_demo(args.root, config=args.config, force=args.force, progress=_say)
     if args.json:
         print_json(result)
     else:
