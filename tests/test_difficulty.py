@@ -462,3 +462,148 @@ def test_cli_quality_comparison_skipped_without_controls(tmp_path, cli, capsys):
     result = json.loads((out / "quality_vs_difficulty.json").read_text())
     assert result["computed"] is False and "0 control" in result["reason"]
     assert (out / "difficulty.csv").is_file()
+
+
+# ------------------------------------------------------------------------------ lesion ids
+
+
+def _lesion_oof(tmp_path, n_lesions=60, seed=0, with_lesions=True):
+    """3 models erring per lesion (1-3 images each) with a shared hard core of lesions."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 4, n_lesions)
+    lesion = np.repeat(np.arange(n_lesions), k)
+    labels = (np.arange(n_lesions) % 3)[lesion]
+    hard = (rng.random(n_lesions) < 0.25)[lesion]
+    probs = []
+    for _ in range(3):
+        own = (rng.random(n_lesions) < 0.15)[lesion]
+        target = np.where(hard | own, (labels + 1) % 3, labels)
+        logits = rng.normal(scale=0.3, size=(lesion.size, 3))
+        logits[np.arange(lesion.size), target] += 2.0
+        q = np.exp(logits)
+        probs.append(q / q.sum(axis=1, keepdims=True))
+    df = _long(labels, np.stack(probs))
+    lesion_ids = np.array([f"HAM_{v:04d}" for v in lesion], dtype=object)
+    lesion_ids[::17] = None  # a few images without a lesion id
+    if with_lesions:
+        df["lesion_id"] = np.tile(lesion_ids, 3)
+    path = tmp_path / "oof.csv"
+    df.to_csv(path, index=False)
+    return path, lesion_ids
+
+
+def test_read_oof_reads_lesion_ids_and_refuses_two_per_image(tmp_path):
+    path, lesion_ids = _lesion_oof(tmp_path)
+    oof = read_oof(path)
+    order = np.argsort(oof.image_ids)
+    got = oof.lesion_ids[order]
+    assert [g for g in got] == [v if v is not None else None for v in lesion_ids]
+    table = compute_difficulty(oof, label_issues=False)
+    assert table.columns.get_loc("lesion_id") == table.columns.get_loc("likely_mislabeled") + 1
+    (tmp_path / "plain").mkdir()
+    assert read_oof(_lesion_oof(tmp_path / "plain", with_lesions=False)[0]).lesion_ids is None
+    df = pd.read_csv(path, dtype=str)
+    df.loc[df.index[-1], "lesion_id"] = "HAM_9999"  # the last image's last row disagrees
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match="lesion_id 'HAM_9999' differs"):
+        read_oof(path)
+
+
+def test_cli_uses_lesion_level_tests_when_the_oof_has_lesion_ids(tmp_path, cli, capsys):
+    path, _ = _lesion_oof(tmp_path)
+    out = tmp_path / "out"
+    rc = cli(["difficulty", "--oof", str(path), "--out", str(out), "--permutations", "300",
+              "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    sig = json.loads((out / "significance.json").read_text())
+    table = pd.read_csv(out / "difficulty.csv", dtype={"lesion_id": str})
+    c = summary["clustering"]
+    assert c == sig["clustering"] and c["unit"] == "lesion"
+    assert c["source"] == f"lesion_id column of {path}"
+    n_known = table["lesion_id"].dropna().nunique()
+    assert c["n_clusters"] == n_known + int(table["lesion_id"].isna().sum())
+    assert sig["method_permutation"].startswith("lesion-level permutation test")
+    assert sig["image_level"]["p_value_exact"] <= sig["p_value_exact"]
+    assert sig["p_value_permutation"] == pytest.approx(1 / 301)  # the hard lesions stand out
+    assert {t["extra"]["unit"] for t in sig["tests"]} == {"lesion"}
+    # --clusters image: the old image-level tests, said so
+    rc = cli(["difficulty", "--oof", str(path), "--out", str(out), "--permutations", "100",
+              "--clusters", "image"])
+    assert rc == 0
+    assert "tests at image level" in capsys.readouterr().out
+    sig = json.loads((out / "significance.json").read_text())
+    assert sig["clustering"] == {"unit": "image", "source": None}
+    assert sig["method_exact"].startswith("image-level")
+
+
+def test_cli_takes_lesion_ids_from_a_dataset(tmp_path, cli, capsys):
+    path, lesion_ids = _lesion_oof(tmp_path, with_lesions=False)
+    oof = pd.read_csv(path)
+    first = oof.drop_duplicates("image_id")
+    dataset = pd.DataFrame({"image_id": first["image_id"], "label": first["label"],
+                            "lesion_id": lesion_ids})
+    dataset.to_csv(tmp_path / "dataset.csv", index=False)
+    out = tmp_path / "out"
+    rc = cli(["difficulty", "--oof", str(path), "--out", str(out), "--permutations", "100",
+              "--dataset", f"csv:{tmp_path / 'dataset.csv'}"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "tests at lesion level" in text and "lesion ids from dataset csv:" in text
+    sig = json.loads((out / "significance.json").read_text())
+    assert sig["clustering"]["unit"] == "lesion"
+    assert sig["clustering"]["n_clusters"] == lesion_strata_count(lesion_ids)
+    dataset.iloc[:-1].to_csv(tmp_path / "dataset.csv", index=False)
+    rc = cli(["difficulty", "--oof", str(path), "--out", str(out), "--dataset",
+              f"csv:{tmp_path / 'dataset.csv'}"])
+    assert rc == 2 and "1 of" in capsys.readouterr().err
+    rc = cli(["difficulty", "--oof", str(path), "--out", str(out), "--clusters", "lesion"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--clusters lesion needs lesion ids" in err
+
+
+def lesion_strata_count(lesion_ids) -> int:
+    known = [v for v in lesion_ids if v is not None]
+    return len(set(known)) + (len(lesion_ids) - len(known))
+
+
+@pytest.mark.slow
+def test_cli_quality_comparison_is_lesion_clustered(tmp_path, cli):
+    path, _ = _lesion_oof(tmp_path, n_lesions=150)
+    ids = pd.read_csv(path)["image_id"].unique()
+    rng = np.random.default_rng(3)
+    quality = pd.DataFrame({"image_id": ids, "blur_score": rng.random(ids.size),
+                            "brightness": rng.random(ids.size), "error": ""})
+    quality.to_csv(tmp_path / "quality.csv", index=False)
+    out = tmp_path / "out"
+    rc = cli(["difficulty", "--oof", str(path), "--out", str(out), "--permutations", "100",
+              "--quality", str(tmp_path / "quality.csv")])
+    assert rc == 0
+    result = json.loads((out / "quality_vs_difficulty.json").read_text())
+    assert result["clustering"]["unit"] == "lesion"
+    blur = result["measures"]["blur_score"]
+    assert "Obuchowski" in blur["mann_whitney"]["method"]
+    assert "cluster bootstrap" in blur["cliffs_delta"]["method"]
+    assert "clustered by lesion" in result["logistic"]["method"]
+
+
+@pytest.mark.realdata
+def test_cli_real_ham10000_oof_with_lesions_from_the_dataset(ham10000_dir, tmp_path, cli, capsys):
+    """The real 5-fold MobileNetV2 OOF; lesion ids joined from the real HAM10000 metadata."""
+    import os
+    from pathlib import Path
+
+    oof = Path(os.environ.get("SKIN_CORE_HAM10000_OOF", ham10000_dir.parent / "ham10000-oof"
+                              / "oof.csv"))
+    if not oof.is_file():
+        pytest.skip("SKIN_CORE_HAM10000_OOF is not set (real HAM10000 OOF not available)")
+    out = tmp_path / "out"
+    rc = cli(["difficulty", "--oof", str(oof), "--out", str(out), "--permutations", "200",
+              "--dataset", f"ham10000:{ham10000_dir}", "--json"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    c = summary["clustering"]
+    assert c["unit"] == "lesion" and c["n_clusters"] == 7470  # HAM10000: 7,470 lesions
+    assert c["n_images_in_multi_image_lesions"] == 4501
+    table = pd.read_csv(out / "difficulty.csv")
+    assert table["lesion_id"].notna().all() and len(table) == 10015

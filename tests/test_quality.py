@@ -19,8 +19,6 @@ from skin_core.analysis.quality import (
     BLURRY_THRESHOLD,
     MEASURES,
     QUALITY_COLUMNS,
-    cliffs_delta,
-    compare_quality,
     compute_quality,
     measure_images,
     measure_quality,
@@ -28,6 +26,7 @@ from skin_core.analysis.quality import (
     quality_reference,
     read_grey,
 )
+from skin_core.analysis.quality_difficulty import cliffs_delta, compare_quality
 from skin_core.analysis.records import TestResult
 from skin_core.cli import main
 from skin_core.data.images import read_image
@@ -509,6 +508,176 @@ def test_compare_quality_reads_quality_csv_round_trip(tmp_path):
     back = pd.read_csv(tmp_path / "q.csv", dtype={"image_id": str})
     res = compare_quality(back, difficulty, measures=["blur_score"], n_boot=200)
     assert res["n"]["quality_errors"] == 0
+
+
+def test_cliffs_delta_pins_effsize_consistent_variance_reference():
+    # R effsize::cliff.delta(treatment, control, use.unbiased=FALSE): its source documents the
+    # three variance terms of this example as 0.2669753 (rows), 0.447 (columns), 1.0055556
+    treatment = np.array([10, 10, 20, 20, 20, 30, 30, 30, 40, 50], dtype=float)
+    control = np.array([10, 20, 30, 40, 40, 50], dtype=float)
+    res = cliffs_delta(treatment, control)
+    assert res.effect == pytest.approx(-0.25)
+    m, n = 10, 6
+    var = ((n - 1) * 0.26697530864 + (m - 1) * 0.447 + 1.00555555556) / (m * n)
+    assert res.extra["se"] ** 2 == pytest.approx(var, rel=1e-9)
+    z, d = 1.959963984540054, -0.25  # Feng & Cliff (2004) interval with a normal quantile
+    root = z * math.sqrt(var) * math.sqrt((1 - d * d) ** 2 + z * z * var)
+    want = ((d - d**3 - root) / (1 - d * d + z * z * var),
+            (d - d**3 + root) / (1 - d * d + z * z * var))
+    assert res.ci == pytest.approx(want, rel=1e-9)
+    assert "consistent" in res.method
+
+
+# --------------------------------------------------------------- lesion-clustered comparison
+
+
+def _obuchowski_brute(x, y, cx, cy):
+    """Obuchowski (1997) variance of the AUC from the full psi matrix, cluster by cluster."""
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    m, n = psi.shape
+    theta = psi.mean()
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    clusters = sorted(set(cx) | set(cy))
+    a = np.array([v10[cx == g].sum() - (cx == g).sum() * theta for g in clusters])
+    b = np.array([v01[cy == g].sum() - (cy == g).sum() * theta for g in clusters])
+    i10, i01, i = len(set(cx)), len(set(cy)), len(clusters)
+    s10 = i10 / ((i10 - 1) * m) * (a**2).sum()
+    s01 = i01 / ((i01 - 1) * n) * (b**2).sum()
+    s11 = i / (i - 1) * (a * b).sum()
+    return theta, s10 / m + s01 / n + 2 * s11 / (m * n)
+
+
+def test_clustered_auc_test_matches_brute_force_and_reduces_to_delong():
+    from skin_core.analysis.quality_difficulty import clustered_auc_test
+
+    rng = np.random.default_rng(3)
+    x = np.round(rng.normal(0.4, 1, 60), 1)  # ties on purpose
+    y = np.round(rng.normal(0.0, 1, 90), 1)
+    cx, cy = rng.integers(0, 40, 60), rng.integers(0, 40, 90)  # lesions with both groups
+    res = clustered_auc_test(x, y, cx, cy)
+    theta, var = _obuchowski_brute(x, y, cx, cy)
+    assert res.effect == pytest.approx(theta, rel=1e-12)
+    assert res.extra["se"] ** 2 == pytest.approx(var, rel=1e-10)
+    assert res.statistic == pytest.approx((theta - 0.5) / math.sqrt(var))
+    assert res.n["clusters"] == len(set(cx) | set(cy))
+    # one image per cluster: DeLong's variance (sample variances of the placements)
+    single = clustered_auc_test(x, y, np.arange(60), 60 + np.arange(90))
+    psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+    delong = psi.mean(axis=1).var(ddof=1) / 60 + psi.mean(axis=0).var(ddof=1) / 90
+    assert single.extra["se"] ** 2 == pytest.approx(delong, rel=1e-10)
+
+
+def test_cluster_bootstrap_equals_literal_resampling_of_lesions():
+    from skin_core.analysis.quality_difficulty import _cluster_bootstrap
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(0.3, 1, 50), rng.normal(0, 1, 70)
+    cx, cy = rng.integers(0, 25, 50), rng.integers(0, 25, 70)
+    got = _cluster_bootstrap(x, y, cx, cy, 25, 400, 9, 0.9)
+    draw_rng = np.random.default_rng(9)
+    draws = draw_rng.integers(0, 25, (400, 25))  # the same draws, one resample per row
+    meds, deltas = [], []
+    for d in draws:
+        mult = np.bincount(d, minlength=25)
+        xe, ye = np.repeat(x, mult[cx]), np.repeat(y, mult[cy])
+        meds.append(np.median(xe) - np.median(ye))
+        deltas.append(np.sign(xe[:, None] - ye[None, :]).mean())
+    assert got["median_ci"] == pytest.approx(tuple(np.quantile(meds, [0.05, 0.95])), abs=1e-12)
+    assert got["delta_ci"] == pytest.approx(tuple(np.quantile(deltas, [0.05, 0.95])),
+                                            abs=1e-12)
+    assert got["n_failed"] == 0
+
+
+def _lesion_tables(n_lesions: int = 120, seed: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 5, n_lesions)
+    lesion = np.repeat(np.arange(n_lesions), k)
+    hard = rng.random(n_lesions) < 0.35
+    q = rng.normal(size=n_lesions) - 0.8 * hard
+    n = lesion.size
+    group = np.where(hard[lesion], "difficult", "control").astype(object)
+    group[rng.random(n) < 0.1] = "other"
+    ids = [f"ISIC_{i:07d}" for i in range(n)]
+    quality = pd.DataFrame({"image_id": ids, "blur_score": q[lesion] + 0.3 * rng.normal(size=n),
+                            "brightness": rng.uniform(0.3, 0.7, n)})
+    lesion_ids = np.array([f"HAM_{v:05d}" for v in lesion], dtype=object)
+    lesion_ids[rng.random(n) < 0.05] = None  # unknown: a cluster of its own
+    difficulty = pd.DataFrame({"image_id": ids, "label": np.array(["MEL", "NV"])[lesion % 2],
+                               "group": group, "lesion_id": lesion_ids})
+    return quality, difficulty
+
+
+def test_compare_quality_uses_lesion_clusters_when_the_table_has_lesion_ids():
+    import statsmodels.api as sm
+
+    from skin_core.analysis.clusters import cluster_codes
+
+    quality, difficulty = _lesion_tables()
+    res = compare_quality(quality, difficulty, measures=["blur_score"],
+                          model_measures=["blur_score", "brightness"], n_boot=300)
+    json.loads(json.dumps(res, default=lambda o: o.to_dict()))
+    merged = difficulty[difficulty["group"] != "other"].merge(quality, on="image_id")
+    groups = cluster_codes(merged["lesion_id"].to_numpy())
+    assert res["clustering"]["unit"] == "lesion"
+    assert res["clustering"]["n_clusters"] == int(groups.max()) + 1
+    r = res["measures"]["blur_score"]
+    x = merged.loc[merged["group"] == "difficult", "blur_score"].to_numpy()
+    y = merged.loc[merged["group"] == "control", "blur_score"].to_numpy()
+    mw = r["mann_whitney"]
+    assert "Obuchowski" in mw.method and mw.p_value < 0.05
+    assert mw.effect == pytest.approx(r["mann_whitney_image_level"].effect)
+    assert mw.p_value > r["mann_whitney_image_level"].p_value  # clustering widens the null
+    assert 0 <= mw.extra["p_holm"] <= 1
+    cd = r["cliffs_delta"]
+    assert cd.effect == pytest.approx(brute_cliff(x, y)[0]) and cd.effect < 0
+    assert "cluster bootstrap" in cd.method and cd.ci[0] < cd.effect < cd.ci[1]
+    lo_img, hi_img = cd.extra["ci_image_level"]
+    assert cd.ci[1] - cd.ci[0] > hi_img - lo_img  # wider than the independent-image CI
+    md = r["median_difference"]
+    assert md.effect == pytest.approx(np.median(x) - np.median(y))
+    assert "cluster bootstrap" in md.method and md.ci[0] <= md.effect <= md.ci[1]
+    # the logistic model: statsmodels GLM with the same design and lesion-clustered errors
+    lg = res["logistic"]
+    assert lg["error"] is None and lg["n"]["lesions"] == res["clustering"]["n_clusters"]
+    d = merged.assign(y=(merged["group"] == "difficult").astype(float))
+    z = (d[["blur_score", "brightness"]] - d[["blur_score", "brightness"]].mean()) / d[
+        ["blur_score", "brightness"]].std(ddof=0)
+    design = sm.add_constant(pd.concat(
+        [z, pd.get_dummies(d["label"], prefix="label", drop_first=True, dtype=float)], axis=1))
+    fit = sm.GLM(d["y"], design, family=sm.families.Binomial()).fit(
+        cov_type="cluster", cov_kwds={"groups": groups})
+    orr = lg["odds_ratios"]["blur_score"]
+    assert orr.effect == pytest.approx(np.exp(fit.params["blur_score"]), rel=1e-6)
+    assert orr.p_value == pytest.approx(fit.pvalues["blur_score"], rel=1e-5)
+    assert orr.ci == pytest.approx(tuple(np.exp(fit.conf_int().loc["blur_score"])), rel=1e-5)
+    assert "clustered by lesion" in orr.method
+
+
+def test_compare_quality_clusters_option():
+    quality, difficulty = _lesion_tables()
+    kw = {"measures": ["blur_score"], "model_measures": ["blur_score"], "n_boot": 200}
+    image = compare_quality(quality, difficulty, clusters="image", **kw)
+    plain = compare_quality(quality, difficulty.drop(columns="lesion_id"), **kw)
+    assert image["clustering"] == plain["clustering"] == {"unit": "image"}
+    assert image["measures"]["blur_score"]["cliffs_delta"].ci == \
+        plain["measures"]["blur_score"]["cliffs_delta"].ci
+    assert "mann_whitney_image_level" not in image["measures"]["blur_score"]
+    with pytest.raises(DataError, match="needs a 'lesion_id' column"):
+        compare_quality(quality, difficulty.drop(columns="lesion_id"), clusters="lesion", **kw)
+    with pytest.raises(DataError, match="needs a 'lesion_id' column"):
+        compare_quality(quality, difficulty.assign(lesion_id=None), clusters="lesion", **kw)
+    with pytest.raises(ConfigError, match="must be one of"):
+        compare_quality(quality, difficulty, clusters="patient", **kw)
+
+
+def test_holm_adjustment_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    from skin_core.analysis.quality_difficulty import _holm
+
+    p = np.random.default_rng(0).random(9) ** 3
+    np.testing.assert_allclose(_holm(p), multipletests(p, method="holm")[1], rtol=1e-12)
+    assert np.isnan(_holm(np.array([0.01, np.nan, 0.04]))[1])
 
 
 # ---------------------------------------------------------------------------------- CLI

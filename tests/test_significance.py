@@ -1,4 +1,4 @@
-"""Tests of skin_core.analysis.significance (exact Poisson-binomial and permutation tests)."""
+"""Tests of skin_core.analysis.significance: exact and permutation tests, image and lesion level."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from skin_core.analysis.clusters import lesion_strata
+from skin_core.analysis.lesion_null import pattern_pmf, random_injections
+from skin_core.analysis.poisson_binomial import iid_sum_pmf, iid_sum_tail
 from skin_core.analysis.significance import (
     class_error_rates,
     consistent_error_significance,
@@ -294,3 +297,182 @@ def test_real_isic2019_class_structure_independent_vs_shared_errors(isic2019_csv
     res2 = consistent_error_significance(correlated, labels, n_permutations=2000, seed=0)
     assert res2.log10_p_value_exact < -100
     assert res2.p_value_permutation == pytest.approx(1 / 2001)
+
+
+# ------------------------------------------------------------------- sums of i.i.d. variables
+
+
+def _brute_sum(pieces):
+    dist = {0: 1.0}
+    for pmf, n in pieces:
+        for _ in range(n):
+            nxt: dict[int, float] = {}
+            for x, px in dist.items():
+                for y, py in enumerate(pmf):
+                    nxt[x + y] = nxt.get(x + y, 0.0) + px * py
+            dist = nxt
+    return dist
+
+
+def test_iid_sum_pmf_and_tail_match_brute_force_enumeration():
+    pieces = [([0.6, 0.3, 0.1], 3), ([0.2, 0.0, 0.5, 0.3], 2), ([0.9, 0.1], 4),
+              ([0.0, 0.0, 1.0], 1)]
+    dist = _brute_sum(pieces)
+    offset, pmf = iid_sum_pmf(pieces)
+    assert offset == 2  # the last piece is always 2
+    want = np.array([dist.get(offset + j, 0.0) for j in range(pmf.size)])
+    np.testing.assert_allclose(pmf, want, rtol=1e-12, atol=1e-15)
+    for x in range(max(dist) + 2):
+        got, log10 = iid_sum_tail(x, pieces)
+        tail = sum(v for k, v in dist.items() if k >= x)
+        assert got == pytest.approx(tail, rel=1e-10, abs=1e-15)
+        if tail > 0:
+            assert log10 == pytest.approx(math.log10(tail), abs=1e-9)
+
+
+def test_iid_sum_far_tail_stays_finite_in_log10():
+    n, q, k = 1000, 0.01, 600
+    want = special.logsumexp(stats.binom.logpmf(np.arange(k, n + 1), n, q)) / math.log(10)
+    assert iid_sum_tail(k, [([1 - q, q], n)])[1] == pytest.approx(want, rel=1e-9)
+    # a lesion of two images wrong together: X = 2 Binomial(n, q) in steps of 2
+    p, log10 = iid_sum_tail(2 * k, [([1 - q, 0.0, q], n)])
+    assert p == 0.0 and log10 == pytest.approx(want, rel=1e-9)
+
+
+# ------------------------------------------------------------------------ lesion-level tests
+
+
+def _lesion_study(seed: int, n_lesions: int = 150, flip: float = 0.1):
+    """3 models erring per lesion (shared by its 1-4 images), independently of each other."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(1, 5, n_lesions)
+    lesion = np.repeat(np.arange(n_lesions), k)
+    cls = rng.integers(0, 2, n_lesions)
+    errors = np.stack([(rng.random(n_lesions) < r)[lesion] ^ (rng.random(lesion.size) < flip)
+                       for r in (0.35, 0.4, 0.45)])
+    return errors, cls[lesion], np.char.add("L", lesion.astype(str))
+
+
+def test_one_image_per_lesion_reduces_to_the_image_level_tests():
+    errors, labels = _independent(21)
+    ids = np.arange(labels.size).astype(str)
+    img, les = exact_test(errors, labels), exact_test(errors, labels, lesions=ids)
+    assert les.p_value == pytest.approx(img.p_value, rel=1e-9)
+    assert les.extra["expected"] == pytest.approx(img.extra["expected"], rel=1e-12)
+    assert les.extra["null_interval_95"] == img.extra["null_interval_95"]
+    assert les.extra["unit"] == "lesion" and img.extra["unit"] == "image"
+    np.testing.assert_array_equal(
+        permutation_null(errors, labels, n_permutations=300, seed=1),
+        permutation_null(errors, labels, n_permutations=300, seed=1, lesions=ids))
+
+
+def test_lesion_permutation_keeps_each_models_lesion_patterns_per_stratum():
+    errors, labels, lesions = _lesion_study(3)
+    strata = lesion_strata(labels, lesions)
+    shuffled = permute_errors(errors, labels, seed=4, lesions=lesions)
+    for block in strata.blocks:
+        for m in range(errors.shape[0]):
+            before = sorted(map(tuple, errors[m, block].astype(int)))
+            after = sorted(map(tuple, shuffled[m, block].astype(int)))
+            assert before == after  # the same multiset of lesion error patterns
+    single_lab = labels[strata.single]
+    for c in (0, 1):
+        idx = strata.single[single_lab == c]
+        np.testing.assert_array_equal(errors[:, idx].sum(axis=1), shuffled[:, idx].sum(axis=1))
+    assert not np.array_equal(shuffled, errors)
+
+
+@pytest.mark.parametrize("min_wrong", [3, 2])
+def test_fast_lesion_sampler_matches_literal_lesion_shuffles(min_wrong):
+    errors, labels, lesions = _lesion_study(5)
+    fast = permutation_null(errors, labels, min_wrong=min_wrong, n_permutations=4000, seed=2,
+                            lesions=lesions)
+    slow = permutation_null(errors, labels, min_wrong=min_wrong, n_permutations=1500, seed=3,
+                            lesions=lesions, method="shuffle")
+    se = np.sqrt(fast.var() / fast.size + slow.var() / slow.size)
+    assert abs(fast.mean() - slow.mean()) < 4 * se
+    assert 0.8 < fast.var() / slow.var() < 1.25
+    assert stats.ks_2samp(fast, slow).pvalue > 1e-3
+    # the lesion null is wider than the image null on clustered errors
+    image = permutation_null(errors, labels, min_wrong=min_wrong, n_permutations=2000, seed=6)
+    assert fast.var() > 1.3 * image.var()
+
+
+def test_random_injections_are_uniform_ordered_subsets():
+    rng = np.random.default_rng(0)
+    a, b = random_injections([(5, 2), (4, 4)], 20_000, rng)
+    assert a.shape == (20_000, 2) and b.shape == (20_000, 4)
+    assert np.all(np.sort(b, axis=1) == np.arange(4))  # full permutations of 0..3
+    pairs = np.bincount(a[:, 0] * 5 + a[:, 1], minlength=25).reshape(5, 5)
+    assert np.all(np.diag(pairs) == 0)  # never the same element twice
+    off = pairs[~np.eye(5, dtype=bool)]
+    assert stats.chisquare(off).pvalue > 1e-3  # all 20 ordered pairs equally likely
+    perms = np.bincount(np.ravel_multi_index(b.T, (4,) * 4), minlength=256)
+    assert stats.chisquare(perms[perms > 0]).pvalue > 1e-3 and (perms > 0).sum() == 24
+
+
+def test_pattern_pmf_matches_brute_force_over_pattern_combinations():
+    pats = np.random.default_rng(5).random((3, 4, 3)) < 0.5  # 3 models, 4 lesions of 3 images
+    for m in (1, 2, 3):
+        want = np.zeros(4)
+        for combo in itertools.product(range(4), repeat=3):
+            count = sum(pats[j, combo[j]].astype(int) for j in range(3))
+            want[(count >= m).sum()] += 1 / 64
+        np.testing.assert_allclose(pattern_pmf(pats, m), want, atol=1e-15)
+
+
+def test_lesion_exact_test_agrees_with_the_lesion_permutation_mean():
+    errors, labels, lesions = _lesion_study(7)
+    ex = exact_test(errors, labels, lesions=lesions)
+    perm = permutation_test(errors, labels, n_permutations=3000, seed=0, lesions=lesions)
+    sd = perm.extra["null_sd"]
+    assert abs(ex.extra["expected"] - perm.extra["null_mean"]) < 0.1 * sd + 0.5
+    # sampling lesion patterns with replacement: at least the permutation null's variance
+    assert ex.extra["variance"] >= 0.9 * sd**2
+    assert ex.n["lesions"] == lesion_strata(labels, lesions).n_clusters
+    assert "lesion" in ex.method and "lesions are the independent units" in ex.assumptions
+
+
+def test_lesion_exact_reports_why_when_patterns_are_too_varied(monkeypatch):
+    from skin_core.analysis import lesion_null
+
+    errors, labels, lesions = _lesion_study(8)
+    monkeypatch.setattr(lesion_null, "MAX_PATTERN_STATES", 2)
+    ex = exact_test(errors, labels, lesions=lesions)
+    assert math.isnan(ex.p_value) and "too varied" in ex.extra["reason"]
+    d = consistent_error_significance(errors, labels, n_permutations=50, lesions=lesions,
+                                      image_level_reference=False).to_dict()
+    assert d["p_value_exact"] is None and d["p_value_permutation"] > 0
+
+
+def test_consistent_error_significance_with_lesions_records_the_clustering():
+    errors, labels, lesions = _lesion_study(9)
+    res = consistent_error_significance(errors, labels, min_wrong=2, n_permutations=200,
+                                        seed=1, lesions=lesions)
+    d = res.to_dict()
+    strata = lesion_strata(labels, lesions)
+    c = d["clustering"]
+    assert c["unit"] == "lesion" and c["n_clusters"] == strata.n_clusters == 150
+    assert c["n_images_in_multi_image_lesions"] + c["n_single_image_clusters"] == labels.size
+    assert d["method_permutation"].startswith("lesion-level permutation test")
+    assert d["method_exact"].startswith("lesion-level exact test")
+    assert all(t["extra"]["unit"] == "lesion" for t in d["tests"]) and len(d["tests"]) == 4
+    img = d["image_level"]
+    assert img["p_value_exact"] == pytest.approx(exact_test(errors, labels).p_value)
+    assert "for comparison only" in img["note"]
+    assert consistent_error_significance(errors, labels, n_permutations=20).to_dict()[
+        "clustering"] == {"unit": "image"}
+    with pytest.raises(DataError, match="lesion ids of length"):
+        exact_test(errors, labels, lesions=lesions[:-1])
+
+
+def test_correlated_lesions_still_give_tiny_lesion_level_p_values():
+    rng = np.random.default_rng(2)
+    lesion = np.repeat(np.arange(400), rng.integers(1, 4, 400))
+    labels = (np.arange(400) % 3)[lesion]
+    hard = (rng.random(400) < 0.15)[lesion]
+    errors = np.stack([hard ^ (rng.random(lesion.size) < 0.03) for _ in range(4)])
+    res = consistent_error_significance(errors, labels, n_permutations=999, seed=0,
+                                        lesions=lesion.astype(str))
+    assert res.p_value_permutation == pytest.approx(1 / 1000)
+    assert res.log10_p_value_exact < -20

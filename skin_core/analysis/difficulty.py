@@ -19,9 +19,10 @@ go to the first class, as ``numpy.argmax``).  Per image:
                     than "hard"
 ``group``           ``difficult`` (wrong by all ``M`` models: the study's definition, or by
                     ``>= min_wrong``), ``control`` (right by all), else ``other``
+``lesion_id``       when the OOF table carries lesion ids (empty: none known for the image)
 
-OOF files (``oof.csv``, long: ``image_id, model, arch, fold, label, prob_<CLASS>...``) are read
-and validated by :func:`read_oof`.
+OOF files (``oof.csv``, long: ``image_id, model, arch, fold, label, prob_<CLASS>...``, and
+optionally ``lesion_id``) are read and validated by :func:`read_oof`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from skin_core.constants import (
     GROUP_OTHER,
     IMAGE_ID,
     LABEL,
+    LESION_ID,
     PROB_PREFIX,
     prob_columns,
 )
@@ -108,6 +110,9 @@ class OOF:
         Images left out because some model had no prediction (``on_missing="drop"``).
     members:
         ``model`` -> the ``model`` ids pooled into it (with ``by="arch"``; identity otherwise).
+    lesion_ids:
+        ``(N,)`` lesion id of each image (object array, ``None`` where unknown) when the table
+        has a ``lesion_id`` column; ``None`` otherwise.
     """
 
     image_ids: np.ndarray
@@ -118,6 +123,7 @@ class OOF:
     source: str = ""
     n_dropped_images: int = 0
     members: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    lesion_ids: np.ndarray | None = None
 
     @property
     def n_images(self) -> int:
@@ -162,8 +168,9 @@ def read_oof(
     Parameters
     ----------
     path:
-        Long CSV: ``image_id, model, label, prob_<CLASS>...`` (``arch``, ``fold`` and other
-        columns optional; ``arch`` defaults to ``model`` up to an ``@``).
+        Long CSV: ``image_id, model, label, prob_<CLASS>...`` (``arch``, ``fold``,
+        ``lesion_id`` and other columns optional; ``arch`` defaults to ``model`` up to an
+        ``@``). ``lesion_id`` (empty where unknown) must be the same on every row of an image.
     classes:
         Expected class codes in order; default: the ``prob_<CLASS>`` columns in file order.
         Every class needs its ``prob_`` column and no other ``prob_`` column may appear.
@@ -200,7 +207,8 @@ def read_oof(
         raise DataError(f"OOF file {path} does not exist; pass the oof.csv written by "
                         f"'skin-core train'.")
     try:
-        df = pd.read_csv(path, dtype={IMAGE_ID: str, MODEL: str, ARCH: str, LABEL: str},
+        df = pd.read_csv(path, dtype={IMAGE_ID: str, MODEL: str, ARCH: str, LABEL: str,
+                                      LESION_ID: str},
                          keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"OOF file {path} cannot be read as CSV ({e}); expected columns "
@@ -344,6 +352,7 @@ def oof_from_frame(
                             f"per model: {per_model}; first: {first}); {hint}.")
     with np.errstate(invalid="ignore", divide="ignore"):
         pred_probs = sums[:, keep, :] / counts[:, keep, None]
+    lesion_ids = _lesion_ids(df, source, img_codes, n_img, image_ids)
     return OOF(
         image_ids=np.asarray(img_uniques, dtype=object)[keep],
         labels=first_label[keep],
@@ -353,7 +362,33 @@ def oof_from_frame(
         source=source,
         n_dropped_images=n_dropped,
         members=members,
+        lesion_ids=None if lesion_ids is None else lesion_ids[keep],
     )
+
+
+def _lesion_ids(df: pd.DataFrame, source: str, img_codes: np.ndarray, n_img: int,
+                image_ids: np.ndarray) -> np.ndarray | None:
+    """Per-image lesion id from an optional ``lesion_id`` column (``None`` where missing)."""
+    if LESION_ID not in df.columns:
+        return None
+    raw = df[LESION_ID]
+    text = raw.astype(str).str.strip()
+    known = (~raw.isna() & (text != "")).to_numpy()
+    out = np.full(n_img, None, dtype=object)
+    if not known.any():
+        return out
+    pairs = pd.DataFrame({"img": img_codes[known], "lesion": text.to_numpy()[known],
+                          "pos": np.flatnonzero(known)}).drop_duplicates(["img", "lesion"])
+    twice = pairs["img"].duplicated(keep="first").to_numpy()
+    if twice.any():
+        pos = int(pairs["pos"].to_numpy()[twice][0])
+        first = pairs.loc[pairs["img"] == img_codes[pos], "lesion"].iloc[0]
+        raise DataError(f"OOF table {_where(source, _line(pos))} (image_id {image_ids[pos]}): "
+                        f"lesion_id {text.iloc[pos]!r} differs from lesion_id {first!r} in an "
+                        f"earlier row of the same image; every row of an image must carry "
+                        f"its one lesion id.")
+    out[pairs["img"].to_numpy()] = pairs["lesion"].to_numpy()
+    return out
 
 
 def _probabilities(
@@ -603,7 +638,8 @@ def compute_difficulty(
     pandas.DataFrame
         One row per image, in ``oof.image_ids`` order: ``image_id, label, n_models, n_wrong,
         wrong_frac, majority_pred, mean_true_prob, label_quality, group, likely_mislabeled``
-        and ``pred_<model>`` (each model's predicted class code).
+        and ``pred_<model>`` (each model's predicted class code); ``lesion_id`` after
+        ``likely_mislabeled`` when ``oof.lesion_ids`` is known.
     """
     lab, probs = _check(oof.labels, oof.pred_probs)
     n_models, n, _ = probs.shape
@@ -632,6 +668,8 @@ def compute_difficulty(
         "group": group,
         "likely_mislabeled": mislabeled,
     }
+    if oof.lesion_ids is not None:
+        data[LESION_ID] = np.asarray(oof.lesion_ids, dtype=object)
     for j, name in enumerate(oof.models):
         data[f"pred_{name}"] = classes[preds[j]]
     return pd.DataFrame(data)

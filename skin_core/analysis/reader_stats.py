@@ -334,8 +334,13 @@ def paired_reader_tests(
     """Wilcoxon signed-rank test and paired t-test on per-reader accuracy differences.
 
     ``diffs[r]`` is reader ``r``'s accuracy on group ``a`` minus on group ``b`` (readers who
-    read images in both groups). The Wilcoxon record (:func:`scipy.stats.wilcoxon`, zeros
-    dropped per Wilcoxon's method) reports the Hodges-Lehmann estimate and CI; the t record
+    read images in both groups). The Wilcoxon record (:func:`scipy.stats.wilcoxon` with
+    ``zero_method="zsplit"``: readers with a zero difference stay in the ranking, their ranks
+    split between the two signs) reports the Hodges-Lehmann estimate and CI. Test, estimate
+    and interval use the same ``n`` differences: the Hodges-Lehmann estimate is the median of
+    all Walsh averages and its CI inverts the signed-rank statistic ``#{Walsh > 0} +
+    #{Walsh = 0} / 2``, which is the zsplit statistic (dropping zeros, Wilcoxon's original
+    method, would test on fewer readers than the estimate uses); the t record
     (:func:`scipy.stats.ttest_1samp` on the differences, i.e. the paired t-test) the mean
     difference with its t interval, as a sensitivity analysis.
     """
@@ -351,7 +356,7 @@ def paired_reader_tests(
     results = []
     nonzero = d[d != 0]
     if d.size >= 2 and nonzero.size >= 1:
-        w = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+        w = stats.wilcoxon(d, zero_method="zsplit", alternative="two-sided")
         est, ci = hodges_lehmann(d, confidence=confidence)
         w_stat, w_p = float(w.statistic), float(w.pvalue)
         reason = {}
@@ -361,8 +366,9 @@ def paired_reader_tests(
     results.append(TestResult(
         name=f"per-reader accuracy: {la} vs {lb} (Wilcoxon signed-rank)",
         effect=est, ci=ci, statistic=w_stat, p_value=w_p,
-        method="Wilcoxon signed-rank test over readers (scipy.stats.wilcoxon, zeros dropped); "
-        "effect and CI: Hodges-Lehmann estimate with its signed-rank interval",
+        method="Wilcoxon signed-rank test over readers (scipy.stats.wilcoxon, zero differences "
+        "kept with split ranks); effect and CI: Hodges-Lehmann estimate with its signed-rank "
+        "interval, over the same differences",
         effect_name=f"{eff}, Hodges-Lehmann (pseudo-median)",
         assumptions=common + "; differences symmetric about their centre",
         n=n, extra={"median_difference": float(np.median(d)) if d.size else None, **reason},

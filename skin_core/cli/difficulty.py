@@ -4,6 +4,10 @@ Reads an ``oof.csv`` and writes ``DIR/difficulty.csv`` and ``DIR/significance.js
 ``DIR/quality_vs_difficulty.json`` with ``--quality``, ``DIR/ground_truth_check.json`` with
 ``--truth`` on the demo data); ``--json`` prints a summary (counts
 per group, significance, the kappa matrix of the models' errors).
+
+Lesion ids (from a ``lesion_id`` column of the OOF table, or from ``--dataset SPEC``) make
+every test lesion-level (``--clusters auto``, the default): images of one lesion are not
+independent. The output says which clustering was used.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from typing import Any
 
 from skin_core.cli._common import add_json_option, print_json
 
+#: ``--clusters`` choices: lesion level when ids are known (auto), always, or never.
+CLUSTER_CHOICES = ("auto", "lesion", "image")
+
 
 def register(subparsers: Any) -> None:
     """Add the ``difficulty`` verb."""
@@ -22,7 +29,8 @@ def register(subparsers: Any) -> None:
         help="images every model gets wrong, label-issue scores, significance vs chance",
         description="From out-of-fold predictions of M models: per-image difficulty "
         "(difficulty.csv), pairwise error consistency, and exact + permutation tests that "
-        "'wrong by all models' is more than independent models predict (significance.json).",
+        "'wrong by all models' is more than independent models predict (significance.json); "
+        "lesion-level tests when lesion ids are known (OOF lesion_id column or --dataset).",
     )
     p.add_argument("--oof", required=True, metavar="OOF.csv",
                    help="long OOF table: image_id, model, arch, fold, label, prob_<CLASS>...")
@@ -41,6 +49,13 @@ def register(subparsers: Any) -> None:
                    "do not sum to 1")
     p.add_argument("--common-images", action="store_true",
                    help="keep only the images every model scored (default: error)")
+    p.add_argument("--dataset", default=None, metavar="SPEC",
+                   help="dataset spec (isic2019:DIR, ham10000:DIR, folder:DIR, csv:FILE) whose "
+                   "lesion_id column gives the lesions (joined on image_id; overrides an OOF "
+                   "lesion_id column)")
+    p.add_argument("--clusters", choices=CLUSTER_CHOICES, default="auto",
+                   help="unit of the tests: 'lesion' (images of a lesion kept together), "
+                   "'image' (images independent), 'auto' (default): lesion when ids are known")
     p.add_argument("--quality", default=None, metavar="quality.csv",
                    help="also compare image quality of difficult vs control images")
     p.add_argument("--truth", default=None, metavar="generation_truth.csv",
@@ -88,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     step("read OOF")
     oof = read_oof(args.oof, classes=classes, by=args.by, renormalize=args.renormalize,
                    on_missing="drop" if args.common_images else "error")
+    oof, lesion_source = _with_lesions(oof, args)
+    lesions = _lesions_for_tests(oof, args.clusters, lesion_source)
     if oof.n_models < 2 and args.min_wrong is None:
         print(f"skin-core: warning: {args.oof} holds one model only; 'difficult' is then "
               f"simply 'wrong'.", file=sys.stderr)
@@ -99,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
     step("significance")
     sig = consistent_error_significance(
         oof.errors(), oof.labels, min_wrong=args.min_wrong, n_permutations=args.permutations,
-        seed=args.seed, models=oof.models, classes=oof.classes,
+        seed=args.seed, models=oof.models, classes=oof.classes, lesions=lesions,
     )
     sig_dict = sig.to_dict()
+    sig_dict["clustering"]["source"] = lesion_source if lesions is not None else None
     sig_dict["source"] = {"oof": str(args.oof), "by": args.by,
                           "n_dropped_images": oof.n_dropped_images,
                           "members": {k: list(v) for k, v in oof.members.items()}}
@@ -111,9 +129,10 @@ def run(args: argparse.Namespace) -> int:
     if args.quality:
         step("quality")
         try:
-            from skin_core.analysis.quality import compare_quality
+            from skin_core.analysis.quality_difficulty import compare_quality
         except ImportError as e:
-            raise ConfigError("--quality needs skin_core.analysis.quality (compare_quality), "
+            raise ConfigError("--quality needs skin_core.analysis.quality_difficulty "
+                              "(compare_quality), "
                               "which this installation lacks; run without --quality.") from e
         qpath = Path(args.quality)
         try:
@@ -121,7 +140,9 @@ def run(args: argparse.Namespace) -> int:
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
             raise DataError(f"Quality file {qpath} cannot be read as CSV ({e}).") from e
         try:
-            quality_result = compare_quality(quality_df, table, seed=args.seed)
+            quality_result = compare_quality(
+                quality_df, table, seed=args.seed,
+                clusters="lesion" if lesions is not None else "image")
         except DataError as e:
             # Too few difficult or control images to compare: the difficulty results stand,
             # and the comparison file says why it is empty.
@@ -155,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         "n_models": oof.n_models,
         "models": list(oof.models),
         "min_wrong": sig.min_wrong,
+        "clustering": sig_dict["clustering"],
         "groups": {g: counts.get(g, 0) for g in ("difficult", "control", "other")},
         "likely_mislabeled": int(table["likely_mislabeled"].sum()),
         "significance": {k: sig_dict[k] for k in (
@@ -178,11 +200,66 @@ def run(args: argparse.Namespace) -> int:
               f"{g['control']} control, {g['other']} other; "
               f"{summary['likely_mislabeled']} likely mislabeled")
         print(f"wrong by all: observed {s['observed_all_wrong']}, expected "
-              f"{s['expected_all_wrong']:.2f} under independent models; p exact "
-              f"{s['p_value_exact']:.3g} (log10 {s['log10_p_value_exact']}), p permutation "
-              f"{s['p_value_permutation']:.3g} ({s['n_permutations']} permutations)")
+              f"{_fmt(s['expected_all_wrong'], '.2f')} under independent models; p exact "
+              f"{_fmt(s['p_value_exact'])} (log10 {s['log10_p_value_exact']}), p permutation "
+              f"{_fmt(s['p_value_permutation'])} ({s['n_permutations']} permutations)")
+        c = summary["clustering"]
+        if c["unit"] == "lesion":
+            print(f"tests at lesion level: {c['n_clusters']} lesions ({c['n_multi_image_lesions']} "
+                  f"with several images, {c['n_images_in_multi_image_lesions']} images), "
+                  f"lesion ids from {c['source']}")
+        else:
+            print("tests at image level: images treated as independent (no lesion ids; pass "
+                  "--dataset or an OOF with lesion_id)")
         print(f"wrote {', '.join(summary['files'])}")
     return 0
+
+
+def _with_lesions(oof: Any, args: argparse.Namespace) -> tuple[Any, str | None]:
+    """``oof`` with lesion ids from ``--dataset`` when given; and where the ids came from."""
+    import dataclasses
+
+    import numpy as np
+
+    from skin_core.constants import IMAGE_ID, LESION_ID
+    from skin_core.errors import DataError
+
+    if args.dataset is None:
+        return oof, (f"{LESION_ID} column of {args.oof}" if oof.lesion_ids is not None else None)
+    from skin_core.data.tables import load_dataset
+
+    table = load_dataset(args.dataset, check_images=False).table
+    ids = table[IMAGE_ID].astype(str).to_numpy()
+    lesion = table[LESION_ID].to_numpy(dtype=object) if LESION_ID in table.columns \
+        else np.full(len(table), None, dtype=object)
+    lookup = dict(zip(ids, lesion, strict=True))
+    absent = [i for i in oof.image_ids if i not in lookup]
+    if absent:
+        raise DataError(f"{len(absent)} of {oof.n_images} images of {args.oof} are not in the "
+                        f"dataset {args.dataset} (first: {absent[0]}); pass the dataset the "
+                        f"OOF predictions were made on.")
+    lesion_ids = np.array([lookup[i] for i in oof.image_ids], dtype=object)
+    return dataclasses.replace(oof, lesion_ids=lesion_ids), f"dataset {args.dataset}"
+
+
+def _lesions_for_tests(oof: Any, clusters: str, source: str | None) -> Any:
+    """The lesion ids the tests use (``None``: image level), per ``--clusters``."""
+    from skin_core.analysis.clusters import missing_lesion_ids
+    from skin_core.errors import ConfigError
+
+    known = oof.lesion_ids is not None and not missing_lesion_ids(oof.lesion_ids).all()
+    if clusters == "image" or (clusters == "auto" and not known):
+        return None
+    if not known:
+        where = source or "the OOF table (no lesion_id column)"
+        raise ConfigError(f"--clusters lesion needs lesion ids, but {where} has none; pass "
+                          f"--dataset SPEC or an OOF with a lesion_id column, or use "
+                          f"--clusters image.")
+    return oof.lesion_ids
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def _kappa_dict(kappa: Any) -> dict[str, dict[str, float | None]]:
