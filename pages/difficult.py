@@ -49,10 +49,15 @@ if sig:
     c[2].metric("Expected by chance", f"{sig['expected_all_wrong']:.1f}")
     ratio = sig.get("ratio_all_wrong")
     c[3].metric("Observed / expected", "–" if ratio is None else f"{ratio:.2f}×")
+    lesion = (sig.get("clustering") or {}).get("unit") == "lesion"
     c[4].metric("p exact", f"{sig['p_value_exact']:.2g}",
-                help="Poisson-binomial upper tail under independent models")
+                help="Upper tail under independent models"
+                + (", lesion level (a lesion's images together)" if lesion else
+                   ", image level (assumes independent images)"))
     c[5].metric("p permutation", f"{sig['p_value_permutation']:.2g}",
-                help=f"{sig['n_permutations']:,} permutations within classes")
+                help=f"{sig['n_permutations']:,} permutations: "
+                + ("whole lesions permuted within class and lesion size" if lesion
+                   else "images permuted within classes"))
 
 tab_gallery, tab_sig, tab_quality, tab_table = st.tabs(
     ["Gallery", "Significance", "Image quality", "Table"])

@@ -286,7 +286,7 @@ def write_report(study_dir: str | os.PathLike[str]) -> dict[str, Path]:
                          "median difficult": _fmt(res.get("median_difficult")),
                          "median control": _fmt(res.get("median_control")),
                          "Cliff's delta": f"{_fmt(cd.get('effect'))} {_ci(cd.get('ci'))}",
-                         "Mann-Whitney p": _fmt(mw.get("p_value"))})
+                         "rank test p": _fmt(mw.get("p_value"))})
         doc.table(rows)
         logit = qvd.get("logistic") or {}
         if logit.get("odds_ratios"):
