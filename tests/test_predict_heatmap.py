@@ -1,4 +1,5 @@
-"""Grad-CAM (skin_core.explain) pinned against the grad-cam package, and the overlay."""
+"""Classic Grad-CAM (skin_core.explain.grad_cam, the last layer) pinned against the grad-cam
+package; the other methods and layers: tests/test_explain.py; overlays: test_explain_photo.py."""
 
 from __future__ import annotations
 
@@ -73,19 +74,3 @@ def test_grad_cam_refuses_models_without_a_spatial_feature_map() -> None:
 
     with pytest.raises(ConfigError, match="B x C x h x w"):
         grad_cam(Tokens(), torch.zeros(1, 3, 8, 8))
-
-
-def test_overlay_blends_jet_colour_on_the_image() -> None:
-    from skin_core.explain import overlay_heatmap
-
-    rgb = np.full((20, 30, 3), 100, np.uint8)
-    cam = np.zeros((5, 5), np.float32)
-    cam[:, 3:] = 1.0
-    out = overlay_heatmap(rgb, cam, alpha=0.5)
-    assert out.shape == (20, 30, 3) and out.dtype == np.uint8
-    # jet: 0 -> dark blue, 1 -> dark red
-    assert out[10, 0, 2] > out[10, 0, 0] and out[10, -1, 0] > out[10, -1, 2]
-    assert np.array_equal(overlay_heatmap(rgb, cam, alpha=0.0), rgb)
-    assert overlay_heatmap(rgb, cam, size=64).shape == (64, 64, 3)
-    with pytest.raises(ConfigError, match="alpha"):
-        overlay_heatmap(rgb, cam, alpha=2.0)

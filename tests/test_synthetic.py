@@ -112,6 +112,9 @@ def test_layout_is_isic2019(demo) -> None:
         assert im.format == "JPEG" and im.mode == "RGB" and im.size == (64, 64)
     assert "SYNTHETIC" in (out / "README.txt").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging left
+    masks = sorted(p.name for p in (out / "ISIC_2019_Training_GroundTruth_Masks").iterdir())
+    assert masks == [f"{i}_segmentation.png" for i in gt["image"]]
+    assert summary.files["masks"] == str(out / "ISIC_2019_Training_GroundTruth_Masks")
 
 
 def test_loads_through_the_isic2019_loader(demo) -> None:
@@ -136,7 +139,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path: Path) -> None:
     a = generate_demo_dataset(tmp_path / "a", n=40, seed=11, size=48, workers=1)
     b = generate_demo_dataset(tmp_path / "b", n=40, seed=11, size=48, workers=2)
     snap_a, snap_b = _snapshot(tmp_path / "a"), _snapshot(tmp_path / "b")
-    assert len(snap_a) == 40 + 4
+    assert len(snap_a) == 2 * 40 + 4  # images, masks, 4 tables + README
     assert snap_a == snap_b
     assert a.class_counts == b.class_counts
     generate_demo_dataset(tmp_path / "c", n=40, seed=12, size=48, workers=1)
@@ -386,3 +389,73 @@ def test_written_metadata_is_shared_within_lesions(demo) -> None:
     assert (grouped.size() >= 2).any()
     cols = ["age_approx", "sex", "anatom_site_general", "label"]
     assert (grouped[cols].nunique(dropna=False) == 1).all().all()
+
+
+# --- lesion masks (ISIC 2018 Task 1 layout) -----------------------------------------------------
+def _read_mask(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.mode == "L"
+        return np.asarray(im)
+
+
+def test_masks_are_binary_pngs_of_the_image_size(demo) -> None:
+    out, _ = demo
+    gt = pd.read_csv(out / "ISIC_2019_Training_GroundTruth.csv")
+    fractions = []
+    for image_id in gt["image"]:
+        mask = _read_mask(syn.lesion_mask_path(out, image_id))
+        assert mask.shape == (64, 64)
+        assert set(np.unique(mask)) <= {0, 255}
+        fractions.append((mask > 0).mean())
+    # radii 0.08-0.34 of the side (VASC smallest, MEL largest), aspect 0.6-1, pose scale 0.9-1.1
+    assert 0.01 < min(fractions) and max(fractions) < 0.5
+    assert 0.05 < float(np.median(fractions)) < 0.3
+
+
+def test_mask_is_the_lesion_drawn_in_the_image() -> None:
+    for i, label in enumerate(ISIC2019_CLASSES):
+        img, mask = render_lesion(label, lesion_seed=40 + i, view_seed=7 + i, size=128,
+                                  return_mask=True)
+        assert np.array_equal(img, render_lesion(label, lesion_seed=40 + i, view_seed=7 + i,
+                                                 size=128))  # asking for the mask changes nothing
+        inside = mask > 0
+        # the lesion body differs from the surrounding skin: colour distance to the median skin
+        # colour (a ring just outside the lesion) is much larger inside than in that ring
+        ring = (cv2.dilate(mask, np.ones((15, 15), np.uint8)) > 0) & ~inside
+        skin = np.median(img[ring].astype(float), axis=0)
+        dist = np.linalg.norm(img.astype(float) - skin, axis=2)
+        assert np.median(dist[inside]) > 2.5 * np.median(dist[ring]) + 5, label
+        # one main connected region holding almost all of the mask
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+        assert stats[1:, cv2.CC_STAT_AREA].max() > 0.9 * inside.sum(), label
+
+
+def test_mask_follows_the_pose_and_ignores_blur_and_hair() -> None:
+    kw = {"lesion_seed": 3, "size": 96, "return_mask": True}
+    _, a = render_lesion("NV", view_seed=1, **kw)
+    _, b = render_lesion("NV", view_seed=2, **kw)
+    assert not np.array_equal(a, b)  # another pose moves the outline
+    # same lesion, same pose: about the same area (the pose scales it by 0.9-1.1 at most)
+    assert 0.75 < (a > 0).sum() / (b > 0).sum() < 1.35
+    sharp_img, sharp = render_lesion("NV", view_seed=1, **kw)
+    blur_img, blurred = render_lesion("NV", view_seed=1, blur_sigma=4.0, hair=True, **kw)
+    assert np.array_equal(sharp, blurred) and not np.array_equal(sharp_img, blur_img)
+
+
+def test_write_lesion_masks_redraws_the_same_masks(demo, tmp_path: Path) -> None:
+    import shutil
+
+    out, _ = demo
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    masks = copy / "ISIC_2019_Training_GroundTruth_Masks"
+    first = sorted(masks.iterdir())[:5]
+    originals = {p.name: p.read_bytes() for p in first}
+    for p in first:
+        p.unlink()
+    assert syn.write_lesion_masks(copy) == 5
+    assert {p.name: p.read_bytes() for p in first} == originals  # byte-identical
+    assert syn.write_lesion_masks(copy) == 0  # nothing missing
+    assert syn.write_lesion_masks(copy, overwrite=True) == 120
+    with pytest.raises(ConfigError, match="holds no demo dataset"):
+        syn.write_lesion_masks(tmp_path / "nothing")

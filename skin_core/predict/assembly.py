@@ -131,12 +131,9 @@ class Assembly:
                 w.append(quality["warning"])
             heat = overlay = None
             if cams is not None:
-                from skin_core.explain import overlay_heatmap
-
                 spec_pre = self._members[self._heatmap_index][1]
                 heat = cams[j]
-                crop = it.inputs[(spec_pre.input_size, spec_pre.crop)]
-                overlay = overlay_heatmap(crop, heat, size=max(224, spec_pre.input_size))
+                overlay = self._overlay(it, heat, spec_pre)
             out[i] = PredictionResult(
                 image=it.name, image_id=it.image_id, label=label, probs=probs, members=members,
                 meta_probs=mp, meta_source=meta_source[j], prediction_set=tuple(pset),
@@ -146,6 +143,21 @@ class Assembly:
                 else None, similar=tuple(neighbours[j]), ood=oods[j],
             )
         return out  # type: ignore[return-value]
+
+    def _overlay(self, item: _Prepared, heat: np.ndarray, pre: Any) -> np.ndarray:
+        """The heatmap drawn semi-transparently over the whole uploaded photo, in its own
+        geometry (the square the network saw framed; :func:`skin_core.explain.
+        heatmap_on_photo`); over the network's crop when the photo's bytes are not at hand."""
+        from skin_core.explain import heatmap_on_photo, overlay_heatmap
+
+        if item.raw is None:
+            crop = item.inputs[(pre.input_size, pre.crop)]
+            return overlay_heatmap(crop, heat, size=max(224, pre.input_size))
+        from skin_core.data.images import read_image
+
+        photo = read_image(item.raw, max_pixels=self.max_pixels, reduce_to=(768, 768),
+                           name=item.name)
+        return heatmap_on_photo(photo, heat, resize=pre.crop).overlay
 
     def _retrieve(self, features: list[np.ndarray] | None, batch: list[_Prepared],
                   similar: int) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:

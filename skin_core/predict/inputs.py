@@ -32,6 +32,7 @@ class _Prepared:
     inputs: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     stats: np.ndarray | None = None
+    raw: bytes | None = None
     error: str | None = None
 
 

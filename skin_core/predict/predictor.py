@@ -147,6 +147,8 @@ class Predictor(BatchInputs, Assembly):
         if isinstance(src, (str, os.PathLike)) and nbytes is not None and nbytes > 0:
             with open(src, "rb") as fh:  # read once; every decode below uses these bytes
                 src = fh.read()
+        if isinstance(src, (bytes, bytearray)):
+            item.raw = bytes(src)  # the heatmap is drawn on the photo itself (compressed bytes)
         w, h = image_size(src, name=what)
         if w * h > self.max_pixels:
             read_image(src, max_pixels=self.max_pixels, name=what)  # raises the bomb error
@@ -215,10 +217,10 @@ class Predictor(BatchInputs, Assembly):
             x = x_cache[key]
             pre = None
             if heatmap and i == self._heatmap_index:
-                from skin_core.explain import grad_cam
+                from skin_core.explain import class_activation_map
 
                 with torch.autocast("cuda", enabled=self.amp):
-                    cams, logits = grad_cam(net, x)
+                    cams, logits = class_activation_map(net, x)
                 cams = cams[:b]
                 if features is not None:
                     with torch.inference_mode(), torch.autocast("cuda", enabled=self.amp):
@@ -401,7 +403,7 @@ class Predictor(BatchInputs, Assembly):
                                              heatmap=False, inputs=inputs, features=feats,
                                              folds=folds)
             for it in items:
-                it.inputs = {}
+                it.inputs, it.raw = {}, None
             yield ForwardBatch(items=items, per_model=per_model,
                                features=feats if good else None, fold_probs=folds)
 

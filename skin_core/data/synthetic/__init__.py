@@ -3,13 +3,24 @@
 :func:`generate_demo_dataset` writes::
 
     DIR/ISIC_2019_Training_Input/ISIC_9000000.jpg ...   square RGB JPEGs (quality 90)
+    DIR/ISIC_2019_Training_GroundTruth_Masks/ISIC_9000000_segmentation.png ...
+                                                         lesion masks (ISIC 2018 Task 1 layout)
     DIR/ISIC_2019_Training_GroundTruth.csv               image,MEL,...,SCC,UNK (1.0 / 0.0)
     DIR/ISIC_2019_Training_Metadata.csv                  image,age_approx,anatom_site_general,
                                                          lesion_id,sex (blank = missing)
     DIR/generation_truth.csv                             what the generator did, per image
     DIR/README.txt                                       says the data are synthetic
 
-so ``load_dataset("isic2019:DIR")`` reads it through the same code as the real data.
+so ``load_dataset("isic2019:DIR")`` reads it through the same code as the real data (the
+loaders read only the images folder and the CSVs; the masks folder is for localisation
+measures, :func:`skin_core.explain.localisation_scores`).
+
+**Lesion masks** follow the ISIC 2018 Task 1 ground truth: one ``<image_id>_segmentation.png``
+per image, an 8-bit greyscale PNG of the image's size, 255 inside the lesion and 0 outside. The
+mask is the lesion's outline as drawn (where the body's soft edge crosses one half), moved by
+the same pose as the picture, before hairs, the field of view and the focus blur: a blurred
+image keeps the mask of its sharp lesion. Radial streaks reaching beyond the outline and the
+pink erythema halo around some lesions are outside it (:func:`lesion_mask_path`).
 
 What is drawn (ground truth for the later analyses):
 
@@ -63,7 +74,18 @@ import pandas as pd
 
 from skin_core.constants import ISIC2019_CLASSES, ISIC2019_SITE_VALUES, ISIC2019_UNKNOWN
 from skin_core.data.synthetic import _tables
-from skin_core.data.synthetic._render import render_lesion, render_view
+from skin_core.data.synthetic._layout import (
+    GROUND_TRUTH_CSV,
+    IMAGES_DIR,
+    MASK_SUFFIX,
+    MASKS_DIR,
+    METADATA_CSV,
+    README_TXT,
+    TRUTH_CSV,
+)
+from skin_core.data.synthetic._layout import init_worker as _init_worker
+from skin_core.data.synthetic._masks import lesion_mask_path, write_lesion_masks
+from skin_core.data.synthetic._render import render_lesion
 from skin_core.errors import ConfigError
 from skin_core.io import atomic_write_csv, atomic_write_text
 
@@ -73,14 +95,11 @@ __all__ = [
     "DemoSummary",
     "class_counts",
     "generate_demo_dataset",
+    "lesion_mask_path",
     "render_lesion",
+    "write_lesion_masks",
 ]
 
-IMAGES_DIR = "ISIC_2019_Training_Input"
-GROUND_TRUTH_CSV = "ISIC_2019_Training_GroundTruth.csv"
-METADATA_CSV = "ISIC_2019_Training_Metadata.csv"
-TRUTH_CSV = "generation_truth.csv"
-README_TXT = "README.txt"
 FIRST_ID = 9_000_000
 
 #: Blur levels (Gaussian sigma in pixels for a 256 px image; scaled linearly with ``size``).
@@ -311,28 +330,30 @@ def _plan(n: int, seed: int, *, class_floor: float, blur_fraction: float,
 # ---------------------------------------------------------------------------------------------
 # Rendering (worker side)
 # ---------------------------------------------------------------------------------------------
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _render_job(job: tuple[str, str, str | None, float, int, int, int, float, bool, bool, bool,
                            str]) -> float:
-    """Render one image, write it as JPEG into the staging folder; return feature strength."""
+    """Render one image and its lesion mask into the staging folder (JPEG into its
+    ``IMAGES_DIR``, PNG into its ``MASKS_DIR``); return the feature strength."""
+    import cv2
     from PIL import Image
 
-    from skin_core.data.synthetic._render import _render_lesion_frame
+    from skin_core.data.synthetic._render import _render_lesion_frame, _render_view
 
     (image_id, label, mix_with, mix_weight, lesion_seed, view_seed, size, blur_sigma, hair,
      ruler, vignette, folder) = job
-    frame, strength = _render_lesion_frame(size, label, mix_with, mix_weight, lesion_seed)
-    pixels = render_view(frame, view_seed=view_seed, hair=hair, ruler=ruler, vignette=vignette,
-                         blur_sigma=blur_sigma)
+    frame, strength, lesion = _render_lesion_frame(size, label, mix_with, mix_weight,
+                                                   lesion_seed)
+    pixels, mask = _render_view(frame, lesion, view_seed=view_seed, hair=hair, ruler=ruler,
+                                vignette=vignette, blur_sigma=blur_sigma)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
-    with open(os.path.join(folder, f"{image_id}.jpg"), "wb") as fh:
+    with open(os.path.join(folder, IMAGES_DIR, f"{image_id}.jpg"), "wb") as fh:
         fh.write(buf.getvalue())
+    ok, png = cv2.imencode(".png", mask)  # 8-bit greyscale, 0 / 255
+    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 array
+        raise RuntimeError(f"OpenCV could not encode the lesion mask of {image_id}.")
+    with open(os.path.join(folder, MASKS_DIR, f"{image_id}{MASK_SUFFIX}"), "wb") as fh:
+        fh.write(png.tobytes())
     return strength
 
 
@@ -398,7 +419,7 @@ def generate_demo_dataset(
 
     Notes
     -----
-    Images go to a hidden staging folder that is renamed into place when all are written;
+    Images and masks go to a hidden staging folder, renamed into place when all are written;
     the ground-truth CSV is written last (atomically), so an interrupted run never leaves a
     dataset that looks complete.
 
@@ -433,7 +454,8 @@ def generate_demo_dataset(
     if out.exists() and not out.is_dir():
         raise ConfigError(f"The demo-data output '{out}' is a file, not a folder; choose a "
                           f"folder path.")
-    ours = [out / IMAGES_DIR, out / GROUND_TRUTH_CSV, out / METADATA_CSV, out / TRUTH_CSV]
+    ours = [out / IMAGES_DIR, out / MASKS_DIR, out / GROUND_TRUTH_CSV, out / METADATA_CSV,
+            out / TRUTH_CSV]
     present = [p.name for p in ours if p.exists()]
     if present and not overwrite:
         raise ConfigError(f"The folder '{out}' already holds a dataset ({', '.join(present)}); "
@@ -446,6 +468,8 @@ def generate_demo_dataset(
     plan["blur_sigma"] = (plan["blur_sigma_256"] * scale).round(4)
     staging = Path(tempfile.mkdtemp(prefix=f".{IMAGES_DIR}.", suffix=".partial", dir=out))
     try:
+        (staging / IMAGES_DIR).mkdir()
+        (staging / MASKS_DIR).mkdir()
         jobs = [
             (r.image_id, r.true_label,
              r.ambiguous_with if isinstance(r.ambiguous_with, str) else None, float(r.mix_weight),
@@ -474,12 +498,14 @@ def generate_demo_dataset(
                         bar.update(1)
         if bar is not None:
             bar.close()
-        if (out / IMAGES_DIR).exists():
-            shutil.rmtree(out / IMAGES_DIR)
-        os.replace(staging, out / IMAGES_DIR)
+        for name in (IMAGES_DIR, MASKS_DIR):
+            if (out / name).exists():
+                shutil.rmtree(out / name)
+            os.replace(staging / name, out / name)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    staging.rmdir()
 
     plan["feature_strength"] = np.round(strengths, 4)
     amb = 2.0 * plan["mix_weight"].to_numpy()
@@ -528,7 +554,8 @@ def generate_demo_dataset(
         n_ruler=int(order["has_ruler"].sum()),
         workers=int(workers),
         seconds=round(time.perf_counter() - t0, 3),
-        files={"images": str(out / IMAGES_DIR), "ground_truth": str(out / GROUND_TRUTH_CSV),
+        files={"images": str(out / IMAGES_DIR), "masks": str(out / MASKS_DIR),
+               "ground_truth": str(out / GROUND_TRUTH_CSV),
                "metadata": str(out / METADATA_CSV), "generation_truth": str(out / TRUTH_CSV),
                "readme": str(out / README_TXT)},
     )
@@ -542,6 +569,8 @@ def _readme(**params: Any) -> str:
         "Layout: ISIC 2019 training set (ISIC_2019_Training_Input/, "
         "ISIC_2019_Training_GroundTruth.csv, ISIC_2019_Training_Metadata.csv);",
         "load it with the dataset spec isic2019:<this folder>.",
+        f"{MASKS_DIR}/<image>{MASK_SUFFIX}: lesion masks (ISIC 2018 Task 1 layout,",
+        "8-bit PNG, 255 = lesion), the lesion outline as drawn, before hairs and blur.",
         "",
         "The images are drawn programmatically (skin, lesion, dermoscopic structures, hairs,",
         "rulers, field of view, blur). generation_truth.csv says, per image, the true class,",

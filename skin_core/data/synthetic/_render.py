@@ -351,8 +351,14 @@ def _lacunae(img, rng, centre, r0, mask):
 # The lesion frame
 # ---------------------------------------------------------------------------------------------
 def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight: float,
-                         lesion_seed: int) -> tuple[np.ndarray, float]:
-    """Skin + lesion in the canonical frame; returns (image HxWx3 float, feature strength)."""
+                         lesion_seed: int) -> tuple[np.ndarray, float, np.ndarray]:
+    """Skin + lesion in the canonical frame.
+
+    Returns ``(image, strength, lesion)``: the ``HxWx3`` float image, the feature strength and
+    the ``HxW`` float32 lesion mask (1 inside the lesion's outline, 0 outside; the outline is
+    where the body's soft edge ``mask`` crosses 0.5, i.e. ``inside > 0``). Streaks reaching
+    beyond the outline and the erythema halo around it are not part of the lesion mask.
+    """
     rng = np.random.default_rng(lesion_seed)
     if not mix_weight > 0:
         mix_with = None
@@ -409,6 +415,7 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
     inside = 1.0 - rho / rad  # 1 at the centre, 0 on the border, < 0 outside
     edge = _u(rng, look["edge"])
     mask = _smoothstep(inside / edge + 0.5)
+    lesion = (inside > 0).astype(np.float32)
 
     feats = look["features"]
 
@@ -541,7 +548,7 @@ def _render_lesion_frame(size: int, label: str, mix_with: str | None, mix_weight
                              max(0.5, 0.7 * size / 256))
     micro *= 0.025 / max(1e-6, float(micro.std()))
     img *= 1.0 + micro[..., None]
-    return np.clip(img, 0.0, 1.0), strength
+    return np.clip(img, 0.0, 1.0), strength, lesion
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,6 +598,22 @@ def _ruler(img: np.ndarray, rng: np.random.Generator) -> None:
 def render_view(frame: np.ndarray, *, view_seed: int, hair: bool, ruler: bool,
                 vignette: bool, blur_sigma: float, jitter: bool = True) -> np.ndarray:
     """Image the lesion frame once: pose, light, artefacts, optics and blur -> uint8 RGB."""
+    pixels, _ = _render_view(frame, None, view_seed=view_seed, hair=hair, ruler=ruler,
+                             vignette=vignette, blur_sigma=blur_sigma, jitter=jitter)
+    return pixels
+
+
+def _render_view(frame: np.ndarray, lesion: np.ndarray | None, *, view_seed: int, hair: bool,
+                 ruler: bool, vignette: bool, blur_sigma: float, jitter: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`render_view` plus the lesion mask moved by the same pose.
+
+    ``lesion`` is the frame's ``HxW`` float lesion mask (or ``None``); it goes through the
+    same flip and affine warp as the picture (bilinear, same border mode), then is cut at 0.5:
+    the second value is a ``HxW`` uint8 mask, 255 inside the lesion, 0 outside (``None``
+    without ``lesion``). It is the lesion as drawn, before hairs, field of view and blur. The
+    picture's pixels do not depend on whether a mask is asked for.
+    """
     size = frame.shape[0]
     rng = np.random.default_rng(view_seed)
     img = frame
@@ -601,10 +624,15 @@ def render_view(frame: np.ndarray, *, view_seed: int, hair: bool, ruler: bool,
         m[:, 2] += rng.normal(0, 0.03, 2) * size
         if rng.random() < 0.5:
             img = img[:, ::-1]
+            lesion = None if lesion is None else lesion[:, ::-1]
         img = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size),
                              flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        if lesion is not None:
+            lesion = cv2.warpAffine(np.ascontiguousarray(lesion), m, (size, size),
+                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     else:
         img = img.copy()
+    mask = None if lesion is None else np.where(lesion > 0.5, 255, 0).astype(np.uint8)
     # white balance, exposure and uneven illumination
     wb = np.array([1.0, rng.uniform(0.94, 1.0), rng.uniform(0.92, 1.03)], np.float32)
     wb *= np.float32(rng.uniform(0.9, 1.05))  # white balance (red as reference) and exposure
@@ -628,13 +656,14 @@ def render_view(frame: np.ndarray, *, view_seed: int, hair: bool, ruler: bool,
     if blur_sigma > 0:
         img = cv2.GaussianBlur(img, (0, 0), blur_sigma)
     img += 0.005 * rng.standard_normal(img.shape, dtype=np.float32)  # sensor noise
-    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8), mask
 
 
 def render_lesion(label: str, *, lesion_seed: int, view_seed: int = 0, size: int = 256,
                   mix_with: str | None = None, mix_weight: float = 0.0,
                   blur_sigma: float = 0.0, hair: bool = False, ruler: bool = False,
-                  vignette: bool = False) -> np.ndarray:
+                  vignette: bool = False, return_mask: bool = False
+                  ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Draw one synthetic dermoscopic image.
 
     Parameters
@@ -656,11 +685,17 @@ def render_lesion(label: str, *, lesion_seed: int, view_seed: int = 0, size: int
         Standard deviation in pixels of the Gaussian focus blur (0 = sharp).
     hair, ruler, vignette : bool
         Draw hairs, ruler marks, and the dermoscope's circular field of view.
+    return_mask : bool, default False
+        Also return the lesion mask (what ``generate_demo_dataset`` writes as
+        ``<image_id>_segmentation.png``).
 
     Returns
     -------
-    numpy.ndarray
-        ``(size, size, 3)`` uint8 RGB image. The same arguments give the same pixels.
+    numpy.ndarray or (numpy.ndarray, numpy.ndarray)
+        ``(size, size, 3)`` uint8 RGB image. The same arguments give the same pixels, with or
+        without ``return_mask``. With ``return_mask``, also the ``(size, size)`` uint8 lesion
+        mask (255 inside the lesion's outline, 0 outside), moved by the same pose as the
+        picture, before hairs, field of view and blur.
 
     Raises
     ------
@@ -675,7 +710,8 @@ def render_lesion(label: str, *, lesion_seed: int, view_seed: int = 0, size: int
     if not 0.0 <= mix_weight <= 0.5:
         raise ConfigError(f"The 'mix_weight' of render_lesion must be in [0, 0.5]; got "
                           f"{mix_weight!r} instead.")
-    frame, _ = _render_lesion_frame(int(size), label, mix_with, float(mix_weight),
-                                    int(lesion_seed))
-    return render_view(frame, view_seed=view_seed, hair=hair, ruler=ruler, vignette=vignette,
-                       blur_sigma=blur_sigma)
+    frame, _, lesion = _render_lesion_frame(int(size), label, mix_with, float(mix_weight),
+                                            int(lesion_seed))
+    pixels, mask = _render_view(frame, lesion if return_mask else None, view_seed=view_seed,
+                                hair=hair, ruler=ruler, vignette=vignette, blur_sigma=blur_sigma)
+    return (pixels, mask) if return_mask else pixels
