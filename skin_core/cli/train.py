@@ -54,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = default)")
     p.add_argument("--backend", choices=("local", "ray"))
-    p.add_argument("--address", metavar="RAY_ADDRESS", help="Ray cluster address")
+    p.add_argument("--address", metavar="RAY_ADDRESS",
+                   help="Ray head to train on, HOST:PORT as `ray start --head` prints it "
+                   "(default $RAY_ADDRESS, else a local Ray); a head with token authentication "
+                   "needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (README, 'GPU and Ray')")
     p.add_argument("--ray-cpus", type=int, metavar="N",
                    help="CPUs (and torch threads) per Ray task on clusters without GPUs")
     p.add_argument("--cache-dir", metavar="DIR", help="image cache folder "
@@ -112,9 +115,22 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("No dataset given; pass --dataset SPEC (e.g. ham10000:DIR) or put "
                           "'dataset: SPEC' in the --config file.")
     config = config_from_dict(opts)
-    dataset = load_dataset(spec)
-    result = train_run(dataset, out=args.out, config=config, folds=args.folds_file,
-                       resume=args.resume, progress=not args.no_progress)
+    connected = False
+    if config.backend == "ray":
+        from skin_core.training.backends import cluster_address, connect_ray
+
+        address = cluster_address(config.ray_address)
+        if address is not None:  # a cluster that will not take the jobs fails before any work
+            connected = connect_ray(address)
+    try:
+        dataset = load_dataset(spec)
+        result = train_run(dataset, out=args.out, config=config, folds=args.folds_file,
+                           resume=args.resume, progress=not args.no_progress)
+    finally:
+        if connected:
+            import ray
+
+            ray.shutdown()
     if args.json:
         print_json(result.to_dict())
     else:
