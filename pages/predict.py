@@ -10,8 +10,8 @@ import hashlib
 
 import streamlit as st
 
-from pages._predict_view import cost_table_editor, show_single
 from pages._ui import active, predictor_for, synthetic_banner
+from pages.views.predict_view import cost_table_editor, show_single
 from skin_core.app.synthetic import synthetic_notice
 from skin_core.constants import SITE_VALUES
 from skin_core.errors import SkinCoreError
@@ -116,6 +116,9 @@ event = st.dataframe(
         "risk": st.column_config.NumberColumn("referral risk", format="%.2f")})
 st.download_button("Download triage (CSV)", triage_csv(frame), file_name="triage.csv",
                    mime="text/csv")
+for r in results:  # each unreadable image, with what to do about it
+    if r.error:
+        st.error(str(r.error), icon=":material/error:")
 if event.selection.rows:
     name, data = items[int(frame.index[event.selection.rows[0]])]
     show_single(predictor, name, data, **view)

@@ -164,7 +164,9 @@ def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, home):
     t0 = time.perf_counter()
     page.locator("input[type=file]").first.set_input_files(str(_demo_image(home)))
     page.get_by_text("Top diagnosis").first.wait_for()
-    page.get_by_text("Grad-CAM heatmap").first.wait_for()
+    page.get_by_text("semi-transparent over the photo").first.wait_for()  # the overlay
+    page.get_by_text("Similar training cases").first.wait_for()
+    page.get_by_text("Suggested management").first.wait_for()
     page.get_by_text("Image quality").first.wait_for()
     page.get_by_text("Where this image falls among").first.wait_for()
     # the bundle was trained on synthetic images: said above the diagnosis
@@ -189,6 +191,24 @@ def test_predict_upload_shows_diagnosis_heatmap_quality(page, app_url, home):
     assert page.get_by_text("loaded at").first.inner_text() == loaded
 
 
+def test_predict_several_images_triage_first(page, app_url, home):
+    """Several uploads: the triage table comes first (one row per image, most urgent first),
+    under the synthetic-demo notice, with its CSV export."""
+    files = sorted((home / "data/demo/ISIC_2019_Training_Input").glob("*.jpg"))[:4]
+    page.goto(f"{app_url}/predict")
+    page.get_by_text("Upload an image to start").wait_for()
+    page.locator("input[type=file]").first.set_input_files([str(f) for f in files])
+    page.get_by_text(f"Triage of {len(files)} images").first.wait_for()
+    page.get_by_role("button", name="Download triage (CSV)").wait_for()
+    _running_done(page)
+    notice = page.get_by_text("This model was trained on synthetic demo images").first
+    assert notice.is_visible()
+    assert (notice.bounding_box()["y"]
+            < page.get_by_text(f"Triage of {len(files)} images").first.bounding_box()["y"])
+    assert page.locator("[data-testid=stDataFrame]").count() >= 1  # the triage table
+    _shot(page, "predict-triage", height=1400)
+
+
 def _bomb_png() -> bytes:
     from PIL import Image
 
@@ -204,7 +224,7 @@ def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, 
         {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"plain text, not a JPEG"},
         {"name": "bomb.png", "mimeType": "image/png", "buffer": _bomb_png()},
     ])
-    page.get_by_text("notes.jpg", exact=False).nth(1).wait_for()
+    page.get_by_text("Triage of 2 images").first.wait_for()  # unreadable rows kept, then:
     alerts = page.locator("[data-testid=stAlertContentError]")  # (with the synthetic notice)
     for name in ("notes.jpg", "bomb.png"):
         alerts.filter(has_text=name).first.wait_for()
@@ -212,8 +232,9 @@ def test_predict_bad_uploads_show_messages_and_app_keeps_working(page, app_url, 
     assert any("notes.jpg" in e for e in errors) and any("bomb.png" in e for e in errors)
     assert any("pixels" in e for e in errors)
     _shot(page, "predict-bad-input")
+    # the app keeps working: a good image joins the two bad ones in the triage
     page.locator("input[type=file]").first.set_input_files(str(_demo_image(home)))
-    page.get_by_text("Top diagnosis").first.wait_for()
+    page.get_by_text("Triage of 3 images").first.wait_for()
 
 
 def test_gallery_thumbnails_and_filters(page, app_url, home):

@@ -1,4 +1,6 @@
-"""The Predict page's single-image view and its management panel (Streamlit only)."""
+"""The Predict page's single-image view and its management panel (Streamlit only).
+
+Kept in a sub-folder: Streamlit lists every top-level file of pages/ as a page of its own."""
 
 from __future__ import annotations
 
