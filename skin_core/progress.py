@@ -174,11 +174,16 @@ class _Follower:
         self.partial = b""
         self.progress: TrainingProgress | None = None
         self.stop = threading.Event()
+        self.lock = threading.Lock()  # the final poll may overlap a late background one
 
     def _finished(self, model: str, fold: int) -> bool:
         return (self.run_dir / "members" / model / f"fold{fold}.json").is_file()
 
     def poll(self) -> None:
+        with self.lock:
+            self._poll()
+
+    def _poll(self) -> None:
         if self.progress is None:
             plan = _run_plan(self.run_dir)
             if plan is None:

@@ -48,6 +48,9 @@ from skin_core.errors import ConfigError, DataError
 #: served answer's errors instead (a sensitivity on a handful of images is noise).
 MIN_POSITIVES = 10
 
+#: Fewest calibration images to fit served thresholds on.
+MIN_CALIBRATION_IMAGES = 20
+
 #: ECE bins (top-label, equal width), as ``skin-core evaluate`` reports it.
 ECE_BINS = 15
 
@@ -266,9 +269,10 @@ def calibrate_bundle(
     root = Path(bundle)
     b = load_bundle(root)
     classes = b.classes
-    if len(table) < 20:
-        raise DataError(f"The calibration split has {len(table)} images; at least 20 are "
-                        "needed to fit served thresholds (raise calibration.fraction).")
+    if len(table) < MIN_CALIBRATION_IMAGES:
+        raise DataError(f"The calibration split has {len(table)} images; at least "
+                        f"{MIN_CALIBRATION_IMAGES} are needed to fit served thresholds (raise "
+                        "calibration.fraction).")
     unknown = sorted(set(map(str, table[LABEL])) - set(classes))
     if unknown:
         raise DataError(f"The calibration split has label(s) {unknown} that bundle {root} "
@@ -393,4 +397,4 @@ def calibrate_bundle(
     return validation
 
 
-__all__ = ["MIN_POSITIVES", "calibrate_bundle", "validation_metrics"]
+__all__ = ["MIN_CALIBRATION_IMAGES", "MIN_POSITIVES", "calibrate_bundle", "validation_metrics"]

@@ -250,7 +250,22 @@ def build_study(
                 "oof": info.get("oof")}
 
     def calibrate(ctx: StepContext) -> dict[str, Any]:
+        import pandas as pd
+
+        from skin_core.constants import CALIBRATION_FOLD
+        from skin_core.served import MIN_CALIBRATION_IMAGES
+
         m = cfg["meta"]
+        n_cal = int((pd.read_csv(ctx.path("folds.csv"))["fold"] == CALIBRATION_FOLD).sum())
+        if n_cal < MIN_CALIBRATION_IMAGES:  # a tiny dataset: say so, keep the OOF thresholds
+            skipped = {"skipped": (
+                f"the calibration split has {n_cal} images, fewer than the "
+                f"{MIN_CALIBRATION_IMAGES} needed to fit served thresholds; the bundle keeps "
+                "the out-of-fold ones (raise calibration.fraction or use more images)"),
+                "n_images": n_cal}
+            atomic_write_json(ctx.path("calibration/validation.json"), skipped)
+            ctx.progress(f"calibrate: skipped ({skipped['skipped']})")
+            return skipped
         validation = invoke(["calibrate", "--bundle", str(bundle_out), "--dataset", dataset,
                              "--folds", str(ctx.path("folds.csv")), "--coverage",
                              str(m["coverage"]), "--seed", str(cal["seed"]), "--no-progress"])

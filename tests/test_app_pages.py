@@ -380,7 +380,11 @@ def test_training_cancel_and_resume(app, app_workspace, tmp_path):
         cancel = next(b for b in at.button if b.label == "Cancel")
         cancel.click().run()
         assert at.dataframe[0].value["state"].tolist()[0] == "cancelled"
-        assert (app_workspace / "studies/cancel-me/run/cancel").is_file()
+        # the job stops (its run's cancel file, then a terminate after the grace period)
+        stop_by = time.monotonic() + 60
+        while any(j.active for j in list_jobs(jobs_dir)) and time.monotonic() < stop_by:
+            time.sleep(1)
+        assert not any(j.active for j in list_jobs(jobs_dir))
         resume = next(b for b in at.button if b.label == "Resume")
         resume.click().run()
         assert not (app_workspace / "studies/cancel-me/run/cancel").exists()

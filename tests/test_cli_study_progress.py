@@ -25,11 +25,17 @@ def test_study_prints_per_fold_epoch_progress_with_eta(tmp_path, demo_dir, capsy
     err = capsys.readouterr().err  # pytest's stderr is no terminal: the study trains bar-less
     lines = [ln for ln in err.splitlines() if ln.startswith("skin-core: train ")]
     want = [f"skin-core: train test_resnet fold {f}/2 epoch {e}/2" for f in (1, 2) for e in (1, 2)]
-    assert [ln.split(" · ")[0] for ln in lines[:4]] == want
-    assert all(re.search(r"· ETA (\d+ s|\d+ min|\d+ h \d\d min)$", ln) for ln in lines[:4])
-    assert lines[3].split(" · ")[-2] == "100%" and lines[4].startswith(
+    epochs = [ln for ln in lines if "epoch" in ln]
+    heads = [ln.split(" · ")[0] for ln in epochs]
+    # in order, ending at fold 2/2 epoch 2/2 (a line may be skipped when a loaded machine
+    # polls the events file late; none is repeated or out of order)
+    assert heads == [w for w in want if w in heads] and len(heads) >= 3, heads
+    assert heads[-1] == want[-1]
+    assert all(re.search(r"· ETA (\d+ s|\d+ min|\d+ h \d\d min)$", ln) for ln in epochs)
+    assert epochs[-1].split(" · ")[-2] == "100%" and lines[len(epochs)].startswith(
         "skin-core: train finished in")
-    assert err.index("train: running") < err.index(lines[0]) < err.index("difficulty: running")
+    # (said while the study runs; a 1 s poll can land after the next step has begun)
+    assert err.index("train: running") < err.index(lines[0])
 
 
 def test_demo_follows_the_run_where_build_demo_puts_its_study(tmp_path, demo_dir, monkeypatch,

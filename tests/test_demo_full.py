@@ -72,9 +72,13 @@ def test_difficult_images_are_enriched_in_each_generator_flag(demo, flag: str) -
 
 def test_blurred_images_are_over_represented_among_difficult_ones(demo) -> None:
     # blurred images are a minority of both groups, so the medians stay ~1; compare shares
+    # (lesion-clustered since 6 Dec: a lesion's images count once, so the interval is wider
+    # and the rank test's p larger than the image-level ones; the generator's own truth says
+    # how over-represented blurred images are)
     blur = demo["quality"]["measures"]["blur_score"]
-    assert blur["cliffs_delta"]["effect"] < -0.1, blur["cliffs_delta"]
-    assert blur["mann_whitney"]["p_value"] < 0.01
+    assert blur["cliffs_delta"]["effect"] < -0.05, blur["cliffs_delta"]
+    assert blur["mann_whitney"]["p_value"] < 0.1
+    assert demo["truth"]["is_blurred"]["enrichment"] > 1.5, demo["truth"]["is_blurred"]
 
 
 def test_simulated_experts_are_less_accurate_on_difficult_images(demo) -> None:

@@ -41,18 +41,25 @@ def test_study_writes_every_output(study, demo_dir):
                 "quality.csv", "run/oof.csv", "run/metrics.json", "difficulty/difficulty.csv",
                 "difficulty/significance.json", "difficulty/quality_vs_difficulty.json",
                 "difficulty/ground_truth_check.json", "readings.csv", "readers/readers.json",
-                "meta/meta.json", "report.md", "report.html"):
+                "meta/meta.json", "report.md", "report.html", "retrieval/index.json",
+                "calibration/validation.json"):
         assert (out / rel).is_file(), rel
     table = pd.read_csv(out / "dataset.csv")
     folds = pd.read_csv(out / "folds.csv")
     oof = pd.read_csv(out / "run/oof.csv")
     diff = pd.read_csv(out / "difficulty/difficulty.csv")
-    assert len(table) == len(folds) == len(diff) == 160
-    assert len(oof) == 160 * 2 and set(oof["model"]) == {"test_resnet", "test_efficientnet"}
+    n_cal = int((folds["fold"] == -1).sum())  # the calibration split (15 %): never trained on
+    assert 20 <= n_cal <= 40 and len(table) == len(folds) == 160  # whole lesions
+    assert len(diff) == 160 - n_cal and not set(diff["image_id"]) & set(
+        folds.loc[folds["fold"] == -1, "image_id"])
+    assert len(oof) == (160 - n_cal) * 2 and set(oof["model"]) == {"test_resnet",
+                                                                   "test_efficientnet"}
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert bundle["validation"]["n_images"] == n_cal and bundle["provenance"]["synthetic"]
     lesions = table.merge(folds, on="image_id").dropna(subset=["lesion_id"])
     assert (lesions.groupby("lesion_id")["fold"].nunique() == 1).all()
     sig = json.loads((out / "difficulty/significance.json").read_text())
-    assert sig["n_images"] == 160 and sig["n_models"] == 2
+    assert sig["n_images"] == 160 - n_cal and sig["n_models"] == 2
     report = (out / "report.md").read_text()
     for section in ("## Data", "## CNN members", "## Consistently misclassified images",
                     "## Image quality", "## Experts vs CNNs", "## Meta-classifier"):
@@ -73,7 +80,7 @@ def test_study_resumes_and_force_redoes_one_step(study, demo_dir):
     assert ran == ["report"]
     rebundled = run_study(f"isic2019:{demo_dir}", out, config=cfg, force=["meta"])
     assert [o.name for o in rebundled.outcomes if o.status == "ran"] == [
-        "meta", "bundle", "report"]
+        "meta", "bundle", "index", "calibrate", "report"]
     assert (out / "bundle" / "bundle.json").is_file()
     assert (out / "report.md").stat().st_mtime_ns > report_mtime
     assert (out / "run/oof.csv").stat().st_mtime_ns == oof_mtime
@@ -118,5 +125,8 @@ def test_demo_builds_data_study_and_bundle_then_is_up_to_date(tmp_path):
     assert (tmp_path / "data/demo/generation_truth.csv").is_file()
     assert (tmp_path / "studies/demo/report.html").is_file()
     assert (tmp_path / "models/demo/bundle.json").is_file()
+    # 120 images leave a calibration split too small to fit served thresholds: said, not fatal
+    validation = json.loads((tmp_path / "studies/demo/calibration/validation.json").read_text())
+    assert "skipped" in validation and "calibration split" in validation["skipped"]
     second = build_demo(tmp_path, config=cfg, n=120)
     assert {s["status"] for s in second["steps"]} <= {"skipped", "disabled"}

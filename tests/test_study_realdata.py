@@ -65,10 +65,13 @@ def test_every_output_exists_and_agrees(ham_study) -> None:
 
     folds = pd.read_csv(out / "folds.csv").merge(table, on="image_id")
     assert (folds.groupby("lesion_id")["fold"].nunique() == 1).all()
-    assert folds["fold"].nunique() == 5
+    assert set(folds["fold"]) == {-1, 0, 1, 2, 3, 4}  # fold -1: the calibration split
+    held = set(folds.loc[folds["fold"] == -1, "image_id"])
+    n_dev = N_SUBSET - len(held)
+    assert 0.1 * N_SUBSET < len(held) < 0.2 * N_SUBSET
 
     oof = pd.read_csv(out / "run/oof.csv")
-    assert len(oof) == 2 * N_SUBSET and set(oof["image_id"]) == ids
+    assert len(oof) == 2 * n_dev and set(oof["image_id"]) == ids - held
     probs = oof.filter(like="prob_")
     assert probs.shape[1] == 7 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
     labels = table.set_index("image_id")["label"]
@@ -81,15 +84,19 @@ def test_every_output_exists_and_agrees(ham_study) -> None:
     assert set(q["width"]) == {200} and set(q["height"]) == {150}
 
     diff = pd.read_csv(out / "difficulty/difficulty.csv")
-    assert len(diff) == N_SUBSET and (diff["n_models"] == 2).all()
+    assert len(diff) == n_dev and (diff["n_models"] == 2).all()
     assert ((diff["group"] == "difficult") == (diff["n_wrong"] == 2)).all()
     assert ((diff["group"] == "control") == (diff["n_wrong"] == 0)).all()
     sig = json.loads((out / "difficulty/significance.json").read_text())
-    assert sig["n_images"] == N_SUBSET and sig["n_models"] == 2
+    assert sig["n_images"] == n_dev and sig["n_models"] == 2
+    assert sig["clustering"]["unit"] == "lesion"
     assert sig["observed_all_wrong"] == int((diff["group"] == "difficult").sum())
 
     meta = json.loads((out / "meta/meta.json").read_text())
     assert 0 < meta["balanced_accuracy"] <= 1 and "mean_ensemble" in json.dumps(meta)
+    # the served pipeline was calibrated and measured on the held-out images
+    validation = json.loads((out / "calibration/validation.json").read_text())
+    assert validation["n_images"] == len(held) and 0 < validation["coverage"] <= 1
     report = (out / "report.md").read_text()
     assert "800 images" in report and "## Meta-classifier" in report
     assert "Adjusted for the class" in report  # the class-adjusted quality model
