@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,7 +119,8 @@ def build_index(
         Labels the bundle does not predict, unreadable images, fewer than 2 images.
     """
     from skin_core.constants import IMAGE_ID, LABEL, LESION_ID
-    from skin_core.models.bundle import MANIFEST, load_bundle
+    from skin_core.io import atomic_write_json
+    from skin_core.models.bundle import MANIFEST, edit_bundle, load_bundle
     from skin_core.predict import Predictor
     from skin_core.retrieval import (
         EMBED_DIM,
@@ -132,7 +132,6 @@ def build_index(
         fit_statistics,
         project,
     )
-    from skin_core.served import _rehash, _swap_into_place
 
     say = say or (lambda _m: None)
     root = Path(bundle)
@@ -174,21 +173,13 @@ def build_index(
                            image_ids=tuple(ids), labels=tuple(labels),
                            lesion_ids=tuple(lesions), info=info, stats_mean=stats_mean,
                            stats_precision=stats_precision)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        shutil.copytree(root, tmp, dirs_exist_ok=True)
+    with edit_bundle(root) as tmp:
         shutil.rmtree(tmp / RETRIEVAL_DIR, ignore_errors=True)
         index.save(tmp / RETRIEVAL_DIR)
         manifest = json.loads((tmp / MANIFEST).read_text(encoding="utf-8"))
         manifest["retrieval"] = {"folder": RETRIEVAL_DIR, "n_images": len(ids),
                                  "dim": info["dim"], "oof": info.get("oof")}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        _rehash(tmp)
-        os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / MANIFEST, manifest)
     oof = info.get("oof") or {}
     if oof:
         say(f"index: out of fold, kNN vote balanced accuracy {oof['knn_balanced_accuracy']:.3f} "

@@ -33,8 +33,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -193,23 +191,6 @@ def validation_metrics(results: Sequence[Any], labels: Sequence[str],
     }
 
 
-def _rehash(root: Path) -> None:
-    from skin_core.io import atomic_write_json
-    from skin_core.models.bundle import MANIFEST, _rel, file_sha256
-
-    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    manifest["files"] = {_rel(f, root): file_sha256(f) for f in sorted(root.rglob("*"))
-                         if f.is_file() and f.name != MANIFEST}
-    atomic_write_json(root / MANIFEST, manifest)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, old / "bundle")
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def calibrate_bundle(
     bundle: str | os.PathLike[str],
     table: Any,
@@ -260,8 +241,10 @@ def calibrate_bundle(
         MANIFEST,
         META_DIR,
         META_NOMETA_DIR,
+        edit_bundle,
         ensemble_entropy,
         load_bundle,
+        rehash_bundle,
     )
     from skin_core.predict import Predictor
 
@@ -330,9 +313,7 @@ def calibrate_bundle(
             pred, col.per_model, y, groups, md, quality, coverage=coverage,
             referral_sensitivity=referral_sensitivity, seed=seed)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        shutil.copytree(root, tmp, dirs_exist_ok=True)
+    with edit_bundle(root) as tmp:
         for sub, new in refits.items():
             save_predictor(new, tmp / sub)
         if predictor.retrieval is not None:
@@ -363,7 +344,7 @@ def calibrate_bundle(
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_json(tmp / MANIFEST, manifest)
-        _rehash(tmp)
+        rehash_bundle(tmp)  # the Predictor below verifies the refitted files
         # measure the refitted pipeline with the served code, on the same forward passes
         served = Predictor(tmp, device=predictor.device)
         meta_rows = list(zip(metadata[0].tolist(), metadata[1], metadata[2], strict=True))
@@ -385,12 +366,6 @@ def calibrate_bundle(
         manifest = json.loads((tmp / MANIFEST).read_text(encoding="utf-8"))
         manifest["validation"] = validation
         atomic_write_json(tmp / MANIFEST, manifest)
-        _rehash(tmp)
-        os.chmod(tmp, 0o755)
-        _swap_into_place(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(f"calibrate: coverage {validation['coverage']:.3f}, referral rate "
         f"{validation['referral_rate']:.3f}, ECE {validation['ece']:.3f}, balanced accuracy "
         f"{validation['balanced_accuracy']:.3f} on {len(y)} images")

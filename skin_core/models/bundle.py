@@ -35,6 +35,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -297,6 +299,52 @@ def check_meta_compatible(predictor: Any, classes: tuple[str, ...], models: set[
             f"The meta-classifier in {where} uses model(s) {lacking} that the bundle does not "
             f"have (it has {sorted(models)}); fit it on this run's OOF and rebuild the bundle."
         )
+
+
+# --------------------------------------------------------------------------------------------
+# rewriting in place
+
+
+def rehash_bundle(root: Path) -> None:
+    """Rewrite ``bundle.json``'s ``files`` with the sha256 of every file now in ``root``."""
+    from skin_core.io import atomic_write_json
+
+    manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"] = {_rel(f, root): file_sha256(f) for f in sorted(root.rglob("*"))
+                         if f.is_file() and f.name != MANIFEST}
+    atomic_write_json(root / MANIFEST, manifest)
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing any folder there."""
+    os.chmod(tmp, 0o755)
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, old / "bundle")
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@contextmanager
+def edit_bundle(root: str | os.PathLike[str]) -> Iterator[Path]:
+    """A copy of bundle ``root`` to change; on leaving the block its hashes are rewritten and
+    it replaces ``root`` in one rename (an error leaves ``root`` untouched)::
+
+        with edit_bundle("models/demo") as tmp:
+            (tmp / "retrieval").mkdir(); ...
+    """
+    root = Path(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        shutil.copytree(root, tmp, dirs_exist_ok=True)
+        yield tmp
+        rehash_bundle(tmp)
+        replace_folder(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,14 +661,7 @@ def build_bundle(
         manifest["files"] = {_rel(f, tmp): file_sha256(f)
                              for f in sorted(tmp.rglob("*")) if f.is_file()}
         atomic_write_json(tmp / MANIFEST, manifest)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / "bundle")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -635,9 +676,12 @@ __all__ = [
     "MemberSpec",
     "build_bundle",
     "check_meta_compatible",
+    "edit_bundle",
     "ensemble_entropy",
     "file_sha256",
     "load_bundle",
     "provenance",
+    "rehash_bundle",
+    "replace_folder",
     "verify_bundle",
 ]
