@@ -138,7 +138,11 @@ study_spec = study_info(sel.study).dataset if sel.study is not None else None
 # enter_to_submit=False: Enter in a number field only confirms it; only the button launches
 with st.form("launch", enter_to_submit=False):
     c1, c2 = st.columns(2)
-    name = c1.text_input("Name", value=new_study_name(ws))
+    # the suggested name is made once per session: a default that changed on every rerun (its
+    # clock ticks) would make Streamlit see a new widget and drop what the user typed
+    if "training_run_name" not in st.session_state:
+        st.session_state["training_run_name"] = new_study_name(ws)
+    name = c1.text_input("Name", key="training_run_name")
     dataset = c2.text_input("Dataset", value=study_spec or ws.demo_spec,
                             help="isic2019:DIR, ham10000:DIR, folder:DIR or csv:FILE")
     archs = st.multiselect("Architectures", list(TRAIN_ARCHS), default=["resnet10t"])
@@ -157,6 +161,7 @@ if go:
                               device=device, backend=backend, fast=fast)
         job = launch_training(ws, name=name, dataset=dataset, config=cfg, device=device)
         st.success(f"Started {job.name} ({job.job_id}).")
+        del st.session_state["training_run_name"]  # the next run gets a fresh suggestion
         st.rerun()
     except SkinCoreError as exc:
         st.error(str(exc))

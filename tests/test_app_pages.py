@@ -358,6 +358,18 @@ def test_pages_without_a_study_say_what_is_missing(monkeypatch, tmp_path):
 
 
 
+def test_training_name_survives_reruns(app):
+    """The typed run name is the one launched even when the page's clock ticked before the
+    click (the suggested default is made once per session: a default that changed every second
+    made Streamlit see a new widget and launch under the suggestion instead)."""
+    at = app("training")
+    {w.label: w for w in at.text_input}["Name"].set_value("demo")  # an existing study
+    time.sleep(1.1)  # the suggestion's clock has ticked
+    at.button[-1].click().run()  # Launch: refused, nothing started
+    assert any("'demo' already exists" in e.value for e in at.error), [e.value for e in at.error]
+    assert {w.label: w for w in at.text_input}["Name"].value == "demo"
+
+
 def test_training_cancel_and_resume(app, app_workspace, tmp_path):
     from skin_core.jobs import cancel_job, list_jobs
     from skin_core.workspace import current_workspace
