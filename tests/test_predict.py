@@ -197,6 +197,30 @@ def test_tta_averages_flips(trained, predictor) -> None:
     assert not np.allclose(list(plain.probs.values()), list(tta.probs.values()), atol=1e-7)
 
 
+def test_tta_follows_the_members_validation_by_default(trained, predictor, tmp_path) -> None:
+    """A bundle whose members' out-of-fold predictions used TTA is served with TTA."""
+    import shutil
+
+    from skin_core.models.bundle import edit_bundle
+    from skin_core.predict import Predictor
+
+    assert predictor.tta is False  # trained without TTA: served without
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained["bundle"], copy)
+    with edit_bundle(copy) as tmp:
+        doc = json.loads((tmp / "bundle.json").read_text())
+        for m in doc["members"]:
+            m["preprocessing"]["tta"] = True
+        (tmp / "bundle.json").write_text(json.dumps(doc))
+    served = Predictor(copy, device="cpu")
+    assert served.tta is True
+    img = demo_images(trained, 1)[0]
+    assert served.predict(img).probs == pytest.approx(predictor.predict(img, tta=True).probs,
+                                                      abs=1e-12)
+    assert Predictor(copy, device="cpu", tta=False).predict(img).probs == pytest.approx(
+        predictor.predict(img).probs, abs=1e-12)
+
+
 def test_heatmap_shape_range_and_overlay(trained, predictor) -> None:
     r = predictor.predict(demo_images(trained, 1)[0], heatmap=True)
     assert r.heatmap.shape == (32, 32) and r.heatmap.dtype == np.float32

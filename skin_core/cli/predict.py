@@ -38,7 +38,9 @@ def register(subparsers: Any) -> None:
                    help="anatomical site (e.g. 'posterior torso', 'head/neck', 'back')")
     p.add_argument("--metadata", default=None, metavar="CSV",
                    help="per-image metadata: image_id, age_approx, sex, anatom_site_general")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation (flips)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (flips); default: as the bundle's members were "
+                   "validated")
     p.add_argument("--similar", type=int, default=0, metavar="K",
                    help="also return the K most similar training images, one per lesion "
                    "(needs a bundle indexed by `skin-core index`)")

@@ -599,6 +599,7 @@ def build_bundle(
         # The image cache's resize mode is the run's (train.resize); the sidecars' "crop" field
         # predates it, so the run's setting wins.
         resize = str((config.get("train") or {}).get("resize") or "center")
+        tta = bool((config.get("train") or {}).get("tta", False))
         for doc, weights in found:
             rel = f"members/{doc['model']}/fold{int(doc['fold'])}.safetensors"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -606,7 +607,8 @@ def build_bundle(
             members.append(MemberSpec(
                 model=str(doc["model"]), arch=str(doc["arch"]), seed=int(doc.get("seed", 0)),
                 fold=int(doc["fold"]), file=rel,
-                preprocessing={**doc["preprocessing"], "crop": resize},
+                preprocessing={**doc["preprocessing"], "crop": resize,
+                               **({"tta": True} if tta else {})},
                 metrics=dict(doc.get("metrics") or {})).to_dict())
         for sub, (src, man) in metas.items():
             (tmp / sub).mkdir()

@@ -67,7 +67,11 @@ class PreprocessConfig:
         Resampling used when resizing (``"bilinear"``; the image cache uses area-averaging
         Pillow ``reduce`` + bilinear resize).
     crop:
-        ``"center"``: resize the shorter side to ``S`` (aspect kept) then centre-crop ``S x S``.
+        ``"center"``: resize the shorter side to ``S`` (aspect kept) then centre-crop ``S x S``;
+        ``"stretch"``: the whole image resized to ``S x S``.
+    tta:
+        The member was validated on the mean softmax over the identity and the three flips, so
+        the served pipeline predicts the same way (its default).
     """
 
     input_size: int
@@ -75,11 +79,14 @@ class PreprocessConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"
     crop: str = "center"
+    tta: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
+        if not self.tta:  # written only when on: older readers and files stay as they were
+            del d["tta"]
         return d
 
     @classmethod
@@ -90,6 +97,7 @@ class PreprocessConfig:
             std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
             interpolation=str(d.get("interpolation", "bilinear")),
             crop=str(d.get("crop", "center")),
+            tta=bool(d.get("tta", False)),
         )
 
 

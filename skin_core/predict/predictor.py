@@ -39,7 +39,8 @@ class Predictor(BatchInputs, Assembly):
         Mixed precision (autocast) on CUDA.
     tta:
         Default test-time augmentation: average over the identity, horizontal, vertical and
-        both flips.
+        both flips. ``None`` (default): as the bundle's members were validated (their
+        preprocessing's ``tta``), so out-of-fold, calibration and served predictions agree.
     max_bytes, max_pixels:
         Upload limits: larger files / images are refused with one sentence.
 
@@ -52,7 +53,7 @@ class Predictor(BatchInputs, Assembly):
     """
 
     def __init__(self, bundle: Any, *, device: str = "auto", amp: bool = True,
-                 tta: bool = False, max_bytes: int = MAX_UPLOAD_BYTES,
+                 tta: bool | None = None, max_bytes: int = MAX_UPLOAD_BYTES,
                  max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         import torch
         from safetensors.torch import load_file
@@ -68,7 +69,6 @@ class Predictor(BatchInputs, Assembly):
                               f"{device!r}.")
         self.device = "cpu" if resolve_device(device) == "mps" else resolve_device(device)
         self.amp = bool(amp and self.device == "cuda")
-        self.tta = bool(tta)
         self.max_bytes = int(max_bytes)
         self.max_pixels = int(max_pixels)
         self.classes = self.bundle.classes
@@ -90,6 +90,7 @@ class Predictor(BatchInputs, Assembly):
                 net.to(memory_format=torch.channels_last)
             self._members.append((spec, pre, net))
         self.models = self.bundle.models
+        self.tta = (all(p.tta for _, p, _ in self._members) if tta is None else bool(tta))
         hm = self.bundle.heatmap_member
         self._heatmap_index = next(i for i, (s, _, _) in enumerate(self._members)
                                    if s.model == hm.model and s.fold == hm.fold)
@@ -302,9 +303,9 @@ class Predictor(BatchInputs, Assembly):
         return self._predict_prepared(items, meta, heatmap=heatmap,
                                       tta=self.tta if tta is None else tta, similar=similar)
 
-    def fold_probabilities(self, images: Sequence[Any], *, tta: bool = False
+    def fold_probabilities(self, images: Sequence[Any], *, tta: bool | None = None
                            ) -> dict[tuple[str, int], np.ndarray]:
-        """Every fold model's ``(N, K)`` softmax for ``images`` (no TTA by default).
+        """Every fold model's ``(N, K)`` softmax for ``images`` (TTA as the predictor's).
 
         Raises
         ------
@@ -316,7 +317,7 @@ class Predictor(BatchInputs, Assembly):
         if bad:
             raise ImageError(bad[0].error)
         folds: dict[tuple[str, int], np.ndarray] = {}
-        self._forward(items, tta=tta, heatmap=False, folds=folds)
+        self._forward(items, tta=self.tta if tta is None else tta, heatmap=False, folds=folds)
         return folds
 
     def iter_predict(

@@ -17,7 +17,7 @@ from skin_core.errors import ConfigError
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 BACKENDS: tuple[str, ...] = ("local", "ray")
-LOSS_WEIGHTINGS: tuple[str, ...] = ("inverse_frequency", "none")
+LOSS_WEIGHTINGS: tuple[str, ...] = ("inverse_frequency", "logit_adjusted", "none")
 #: ``last``: the member is the last epoch of the fixed schedule; ``inner``: the epoch with the
 #: best balanced accuracy on an inner split of the fold's training images (never trained on).
 EPOCH_SELECTIONS: tuple[str, ...] = ("last", "inner")
@@ -40,7 +40,9 @@ class TrainConfig:
     weight_decay: AdamW weight decay.
     warmup_epochs: linear warmup length (fraction of an epoch allowed).
     label_smoothing: cross-entropy label smoothing (0 = off).
-    loss_weighting: ``"inverse_frequency"`` (weighted CE, as in the study) or ``"none"``.
+    loss_weighting: ``"inverse_frequency"`` (weighted CE, as in the study),
+        ``"logit_adjusted"`` (plain CE on logits plus the log class prior, so the network's
+        logits learn the class-balanced posterior; Menon et al. 2021) or ``"none"``.
     epoch_selection: which epoch's weights become the member and give the out-of-fold
         predictions: ``"last"`` (default) the last epoch of the fixed schedule; ``"inner"`` the
         epoch with the best balanced accuracy on the fold's **inner split**, a lesion-grouped,
@@ -62,6 +64,13 @@ class TrainConfig:
     threads: ``torch.set_num_threads`` (0 = leave torch's default).
     deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)`` on CPU.
     augment: train-time augmentation on/off.
+    freeze: keep the stem and the first ``freeze`` stages at their pretrained weights and
+        compute their activations once per run (:mod:`skin_core.training.frozen`); epochs then
+        train only the rest (EfficientNet-family networks; 0 = train everything).
+    freeze_views: with ``freeze``, versions of each image whose activations are cached: the
+        image itself and ``freeze_views - 1`` random augmentations (each epoch reads one).
+    tta: out-of-fold predictions average the identity and the three flips, and the bundle
+        tells the served pipeline to do the same (so both see the same model).
     resize: image cache resize mode (``"center"`` or ``"stretch"``).
     cache_dir: image cache folder (None = ``$SKIN_CORE_CACHE_DIR`` or ``.cache/images``).
     cache_workers: processes decoding images into the cache (0 = CPU count).
@@ -94,6 +103,9 @@ class TrainConfig:
     threads: int = 0
     deterministic: bool = True
     augment: bool = True
+    freeze: int = 0
+    freeze_views: int = 8
+    tta: bool = False
     resize: str = "center"
     cache_dir: str | None = None
     cache_workers: int = 0
@@ -204,6 +216,13 @@ def validate_config(c: TrainConfig) -> None:
         _fail("device", f"one of {DEVICES}", c.device)
     if c.backend not in BACKENDS:
         _fail("backend", f"one of {BACKENDS}", c.backend)
+    if isinstance(c.freeze, bool) or not isinstance(c.freeze, int) or c.freeze < 0:
+        _fail("freeze", "an integer >= 0 (frozen stages; 0 = none)", c.freeze)
+    if (isinstance(c.freeze_views, bool) or not isinstance(c.freeze_views, int)
+            or c.freeze_views < 1):
+        _fail("freeze_views", "an integer >= 1", c.freeze_views)
+    if not isinstance(c.tta, bool):
+        _fail("tta", "true or false", c.tta)
     if c.resize not in ("center", "stretch"):
         _fail("resize", "one of ('center', 'stretch')", c.resize)
     if not isinstance(c.threads, int) or c.threads < 0:

@@ -27,6 +27,8 @@ Pixels come from the image cache memmap (``uint8``), are augmented batched on te
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -44,7 +46,7 @@ import numpy as np
 
 from skin_core.constants import prob_columns
 from skin_core.errors import ConfigError, SkinCoreError
-from skin_core.models.device import resolve_device
+from skin_core.models.device import resolve_device, tune_cpu_allocator
 from skin_core.training.config import TrainConfig
 
 CANCEL_FILE = "cancel"
@@ -133,6 +135,12 @@ def class_weights(labels: np.ndarray, k: int) -> np.ndarray:
     return w
 
 
+def logit_adjustment(labels: np.ndarray, k: int) -> np.ndarray:
+    """``log`` of the class prior of ``labels`` (a class absent gets the log of half an image)."""
+    counts = np.bincount(labels, minlength=k).astype(float)
+    return np.log(np.maximum(counts, 0.5) / max(len(labels), 1))
+
+
 def append_event(run_dir: str | os.PathLike[str], event: dict[str, Any]) -> None:
     """Append one JSON line to ``events.jsonl`` (a single ``write`` in append mode)."""
     line = json.dumps(event, default=float) + "\n"
@@ -172,9 +180,14 @@ def load_batch(cache: np.ndarray, rows: np.ndarray, labels: np.ndarray, *, devic
 
 
 def predict_rows(model: Any, cache: np.ndarray, rows: np.ndarray, *, device: str, mean: Any,
-                 std: Any, batch_size: int, amp: bool = False,
-                 channels_last: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities and logits of ``model`` for cache ``rows`` (eval mode)."""
+                 std: Any, batch_size: int, amp: bool = False, channels_last: bool = True,
+                 tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities and logits of ``model`` for cache ``rows`` (eval mode).
+
+    With ``tta`` the probabilities are the mean softmax over the identity, horizontal,
+    vertical and both flips, as the served :class:`~skin_core.predict.Predictor` computes them
+    (the logits are then the identity's).
+    """
     import torch
 
     from skin_core.training.augment import to_float
@@ -188,13 +201,17 @@ def predict_rows(model: Any, cache: np.ndarray, rows: np.ndarray, *, device: str
             x = torch.from_numpy(np.ascontiguousarray(cache[r[order]])).to(device)
             x = to_float(x, mean, std).contiguous(
                 memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            with torch.autocast("cuda", enabled=amp and device == "cuda"):
-                logits = model(x).float()
-            inv = np.empty_like(order)
-            inv[order] = np.arange(len(order))
-            logits = logits[torch.from_numpy(inv).to(logits.device)]
-            logits_all.append(logits.cpu().numpy())
-            probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+            views = [x, x.flip(3), x.flip(2), x.flip(2).flip(3)] if tta else [x]
+            outs = []
+            for v in views:  # one flip at a time: a fourth of the activations' memory
+                with torch.autocast("cuda", enabled=amp and device == "cuda"):
+                    outs.append(model(v).float())
+            # as the Predictor: the float64 mean of the flips' softmaxes
+            p = np.mean([torch.softmax(o, dim=1).cpu().numpy().astype(np.float64)
+                         for o in outs], axis=0)
+            inv = np.argsort(order, kind="stable")
+            logits_all.append(outs[0].cpu().numpy()[inv])
+            probs.append(p[inv])
     k = model.num_classes if hasattr(model, "num_classes") else 0
     if not probs:
         return np.zeros((0, k)), np.zeros((0, k))
@@ -271,6 +288,7 @@ def _train_fold(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    tune_cpu_allocator()  # reuse freed activations instead of page-faulting them in each step
     if device == "cpu" and cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed = job_seed(job.seed, job.arch, job.fold)
@@ -279,15 +297,31 @@ def _train_fold(
 
     model = create_model(job.arch, num_classes=k, pretrained=cfg.pretrained,
                          input_size=cfg.img_size)
-    pre = preprocess_config(job.arch, cfg.img_size)
+    # how the served pipeline must feed this member: the cache's resize mode and the TTA its
+    # out-of-fold predictions used
+    pre = dataclasses.replace(preprocess_config(job.arch, cfg.img_size), crop=cfg.resize,
+                              tta=cfg.tta)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    cache = np.memmap(job.cache_path, dtype=np.uint8, mode="r", shape=tuple(job.cache_shape))
+    frozen: list[Any] = []
+    feats: np.ndarray | None = None
+    if cfg.freeze:
+        from skin_core.training import frozen as fz
+
+        fz.check_split(model, cfg.freeze, cfg.img_size)
+        frozen = fz.freeze_prefix(model, cfg.freeze)
+        feats = fz.build_feature_cache(
+            model, cfg.freeze, image_cache=cache, image_cache_path=job.cache_path,
+            arch=job.arch, mean=pre.mean, std=pre.std, views=cfg.freeze_views,
+            seed=job_seed(cfg.seed, job.arch, -1), out_dir=Path(job.cache_path).parent,
+            device=device, channels_last=cfg.channels_last).open()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
     use_amp = bool(cfg.amp and device == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
-    cache = np.memmap(job.cache_path, dtype=np.uint8, mode="r", shape=tuple(job.cache_shape))
     train_rows = np.asarray(job.train_rows, dtype=np.int64)
     train_labels = np.asarray(job.train_labels, dtype=np.int64)
     val_rows = np.asarray(job.val_rows, dtype=np.int64)
@@ -303,9 +337,17 @@ def _train_fold(
     n = len(train_rows)
     weights = (class_weights(train_labels, k) if cfg.loss_weighting == "inverse_frequency"
                else np.ones(k))
-    loss_fn = torch.nn.CrossEntropyLoss(
+    ce = torch.nn.CrossEntropyLoss(
         weight=torch.tensor(weights, dtype=torch.float32, device=device),
         label_smoothing=cfg.label_smoothing)
+    # logit_adjusted (Menon et al., ICLR 2021): the loss sees logits + log(class prior), so the
+    # network's own logits learn the class-balanced posterior: served as they are, no change at
+    # prediction time
+    log_prior = torch.tensor(logit_adjustment(train_labels, k), dtype=torch.float32,
+                             device=device) if cfg.loss_weighting == "logit_adjusted" else None
+
+    def loss_fn(out: Any, y: Any) -> Any:
+        return ce(out if log_prior is None else out + log_prior, y)
     eval_loss = torch.nn.CrossEntropyLoss()
     steps_per_epoch = len(_batches(n, cfg.batch_size, np.arange(n)))
     total_steps = steps_per_epoch * cfg.epochs
@@ -353,7 +395,10 @@ def _train_fold(
         for epoch in range(start_epoch, cfg.epochs):
             if select_inner and cfg.patience and since_best >= cfg.patience:
                 break
-            model.train()
+            if feats is not None:
+                fz.set_train_mode(model, frozen)
+            else:
+                model.train()
             order = torch.randperm(n, generator=gen).numpy()
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
@@ -366,14 +411,21 @@ def _train_fold(
                     )
                 if batch_hook is not None:
                     batch_hook(step)
-                x, y = load_batch(cache, train_rows[batch], train_labels[batch], device=device,
-                                  mean=pre.mean, std=pre.std, generator=gen,
-                                  augment=cfg.augment, channels_last=cfg.channels_last)
+                if feats is not None:
+                    x, y = fz.load_feature_batch(
+                        feats, train_rows[batch], train_labels[batch], generator=gen,
+                        augment=cfg.augment, device=device, channels_last=cfg.channels_last)
+                else:
+                    x, y = load_batch(cache, train_rows[batch], train_labels[batch],
+                                      device=device, mean=pre.mean, std=pre.std, generator=gen,
+                                      augment=cfg.augment, channels_last=cfg.channels_last)
                 lr = lr_at(step, total=total_steps, warmup=warmup, peak=cfg.lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with torch.autocast("cuda", enabled=use_amp):
-                    loss = loss_fn(model(x), y)
+                    out = (model(x) if feats is None
+                           else fz.forward_suffix(model, x, cfg.freeze))
+                    loss = loss_fn(out, y)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -383,9 +435,11 @@ def _train_fold(
                 step += 1
                 bar.update(1)
             train_time = time.perf_counter() - t0
-            probs, logits = predict_rows(model, cache, val_rows, device=device, mean=pre.mean,
-                                         std=pre.std, batch_size=eval_bs, amp=use_amp,
-                                         channels_last=cfg.channels_last)
+            # the learning curve (one pass, no TTA; from the cached activations with freeze)
+            score_rows = functools.partial(
+                _score_rows, model, cache, feats, device=device, pre=pre, batch_size=eval_bs,
+                amp=use_amp, channels_last=cfg.channels_last, freeze=cfg.freeze)
+            probs, logits = score_rows(val_rows)
             last_probs = probs
             val_loss = float(eval_loss(torch.from_numpy(logits).float(),
                                        torch.from_numpy(val_labels)))
@@ -394,9 +448,7 @@ def _train_fold(
             inner: dict[str, float] = {}
             improved = False
             if select_inner:
-                iprobs, ilogits = predict_rows(
-                    model, cache, inner_rows, device=device, mean=pre.mean, std=pre.std,
-                    batch_size=eval_bs, amp=use_amp, channels_last=cfg.channels_last)
+                iprobs, ilogits = score_rows(inner_rows)
                 inner = {
                     "inner_loss": float(eval_loss(torch.from_numpy(ilogits).float(),
                                                   torch.from_numpy(inner_labels))),
@@ -456,11 +508,13 @@ def _train_fold(
         probs = None
     else:  # the weights now in the model are the last epoch's
         member_state = model.state_dict()
-        probs = last_probs  # predicted right after that epoch, in this process
+        # predicted right after that epoch, in this process, as served (whole network from
+        # the image cache, no TTA); else predicted again below as served
+        probs = last_probs if not (cfg.tta or cfg.freeze) else None
     if probs is None:
         probs, _ = predict_rows(model, cache, val_rows, device=device, mean=pre.mean,
                                 std=pre.std, batch_size=eval_bs, amp=use_amp,
-                                channels_last=cfg.channels_last)
+                                channels_last=cfg.channels_last, tta=cfg.tta)
     metrics = classification_metrics(val_labels, probs, job.classes)
     member_dir = job.member_dir
     member_dir.mkdir(parents=True, exist_ok=True)
@@ -483,7 +537,7 @@ def _train_fold(
         "inner_balanced_accuracy": float(best_score) if select_inner else None,
         "metrics": metrics, "n_train": int(n), "n_val": int(len(val_rows)),
         "weights": weights_path.name, "sha256": digest, "pretrained": cfg.pretrained,
-        "history": history, "device": device,
+        "history": history, "device": device, "freeze": int(cfg.freeze), "tta": bool(cfg.tta),
     }
     ck.write_json(job.sidecar, sidecar)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -493,6 +547,35 @@ def _train_fold(
         except OSError:
             break
     return sidecar
+
+
+def _score_rows(model: Any, cache: np.ndarray, feats: np.ndarray | None, rows: np.ndarray, *,
+                device: str, pre: Any, batch_size: int, amp: bool, channels_last: bool,
+                freeze: int) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and logits for scoring an epoch: the whole network on the image cache, or
+    with ``freeze`` the trainable top on the cached activations of the plain images."""
+    if feats is None:
+        return predict_rows(model, cache, rows, device=device, mean=pre.mean, std=pre.std,
+                            batch_size=batch_size, amp=amp, channels_last=channels_last)
+    import torch
+
+    from skin_core.training.frozen import forward_suffix
+
+    model.eval()
+    probs, logits_all = [], []
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.inference_mode():
+        for i in range(0, len(rows), batch_size):
+            r = rows[i:i + batch_size]
+            x = torch.from_numpy(np.ascontiguousarray(feats[0, r])).float().to(device)
+            with torch.autocast("cuda", enabled=amp and device == "cuda"):
+                out = forward_suffix(model, x.contiguous(memory_format=fmt), freeze).float()
+            logits_all.append(out.cpu().numpy())
+            probs.append(torch.softmax(out, dim=1).cpu().numpy())
+    if not probs:
+        k = int(getattr(model, "num_classes", 0))
+        return np.zeros((0, k)), np.zeros((0, k))
+    return np.concatenate(probs).astype(np.float64), np.concatenate(logits_all)
 
 
 def _best_file(ckpt_dir: Path) -> str | None:
