@@ -33,8 +33,8 @@ def tune_cpu_allocator() -> bool:
 
     glibc's ``malloc`` serves every block over a few MB (a batch's activations) with a fresh
     ``mmap`` and returns it with ``munmap`` when freed, so each training step page-faults all
-    its activations in again: on 2 CPU cores MobileNetV2 at 160 px spent half its time in the
-    kernel (training 3.2x and frozen-stage inference 4x slower; docs/results-ham10000.md).
+    its activations in again: on 2 CPU cores MobileNetV2 at 160 px spent up to half its time in
+    the kernel (a training step 1.2-3.2x slower; docs/performance.md).
     With ``mmap`` off for large blocks and a high trim threshold the heap is reused instead.
     The process keeps its peak memory until it exits, the right trade for a training process.
     Linux with glibc only; elsewhere (and when already done) nothing happens.
