@@ -183,6 +183,11 @@ class _Follower:
         with self.lock:
             self._poll()
 
+    def flush(self) -> None:
+        """Say what the run has written so far, now (errors of the display are swallowed)."""
+        with contextlib.suppress(Exception):
+            self.poll()
+
     def _poll(self) -> None:
         if self.progress is None:
             plan = _run_plan(self.run_dir)
@@ -235,23 +240,26 @@ def _parse(lines: Sequence[bytes]) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def follow_training(run_dir: str | os.PathLike[str], *, say: Say | None = None,
-                    interval: float = 1.0) -> Iterator[None]:
+                    interval: float = 1.0) -> Iterator[Any]:
     """Say a progress line per trained epoch of the run in ``run_dir`` while the block runs.
 
     Use it around in-process training::
 
-        with follow_training(study / "run", say=ctx.progress):
+        with follow_training(study / "run", say=ctx.progress) as follower:
             invoke(["train", ..., "--out", str(study / "run"), "--no-progress"])
+            follower.flush()  # every epoch line and "train finished" before what comes next
 
     Events already in ``events.jsonl`` (a resumed run) count as done but are not said again.
-    A background thread polls the file every ``interval`` seconds; leaving the block reads
-    what is left and stops it. Errors of the display are said once and never reach the block.
+    A background thread polls the file every ``interval`` seconds; ``flush()`` says what is
+    there at once (call it before saying anything else, so that a late poll never lands in the
+    middle of the next step's output); leaving the block reads what is left and stops it.
+    Errors of the display are said once and never reach the block.
     """
     f = _Follower(Path(run_dir), say or _stderr, interval)
     thread = threading.Thread(target=f.loop, name="skin-core-progress", daemon=True)
     thread.start()
     try:
-        yield
+        yield f
     finally:
         f.stop.set()
         thread.join(timeout=5 * interval + 1)

@@ -66,12 +66,21 @@ def _following(study_dir: Path) -> Any:
     return follow_training(study_dir / "run", say=_say)
 
 
+def _after(follower: Any) -> Any:
+    """``_say`` that first says the training lines pending in ``follower``: the epochs and
+    "train finished" then come before the next step's own lines (and its progress bars)."""
+    def say(line: str) -> None:
+        follower.flush()
+        _say(line)
+    return say
+
+
 def run_study_cmd(args: argparse.Namespace) -> int:
     from skin_core.study import run_study
 
-    with _following(Path(args.out)):
+    with _following(Path(args.out)) as follower:
         result = run_study(args.dataset, args.out, config=args.config, readings=args.readings,
-                           force=args.force, progress=_say)
+                           force=args.force, progress=_after(follower))
     if args.json:
         print_json(result.to_dict())
     else:
@@ -88,8 +97,9 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     root = Path(args.root).resolve()
     # where build_demo puts the study: the workspace's studies/ in the current folder
     studies = current_workspace().studies if root == Path.cwd().resolve() else root / "studies"
-    with _following(studies / "demo"):
-        result = build_demo(args.root, config=args.config, force=args.force, progress=_say)
+    with _following(studies / "demo") as follower:
+        result = build_demo(args.root, config=args.config, force=args.force,
+                            progress=_after(follower))
     if args.json:
         print_json(result)
     else:
