@@ -10,7 +10,7 @@ probabilities and pre-logits features), then
    et al. (Br J Dermatol 2019) did: for the images of fold ``k``, the embedding of fold ``k``'s
    models only (which never trained on them), the projection fitted on the other folds'
    images, and the :data:`~skin_core.retrieval.K_VOTE` nearest of those (one per lesion) vote;
-   the softmax of the same fold models is the comparison. Both balanced accuracies are
+   the softmax of the same fold models (on the same single view) is the comparison. Both balanced accuracies are
    recorded in ``retrieval/index.json`` (``oof``) and returned.
 """
 
@@ -33,9 +33,11 @@ def _forward_all(predictor: Any, paths: list[str], *, batch_size: int, progress:
     feats: list[list[np.ndarray]] = []
     stats: list[np.ndarray] = []
     folds: dict[tuple[str, int], list[np.ndarray]] = {}
+    # One view per image: the served embedding is the plain view's (TTA or not, see
+    # Predictor._forward), so the flips would cost 4x here and change nothing in the index.
     for fb in predictor.forward_batches(paths, batch_size=batch_size, progress=progress,
                                         total=len(paths), fold_probs=True,
-                                        features=True):
+                                        features=True, tta=False):
         bad = [it for it in fb.items if it.error is not None]
         if bad:
             raise DataError(f"Training image {bad[0].name} could not be read ({bad[0].error}); "

@@ -1,4 +1,4 @@
-"""Tests of skin_core.meta.calibration: temperature, isotonic, selection, ECE, JSON."""
+"""Tests of skin_core.meta.calibration: temperature, vector, isotonic, selection, ECE, JSON."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from skin_core.meta.calibration import (
     fit_calibrator,
     fit_isotonic,
     fit_temperature,
+    fit_vector,
     reliability_curve,
 )
 
@@ -57,7 +58,7 @@ def test_isotonic_json_round_trip_matches_scikit_learn():
 def test_auto_prefers_calibrating_a_distorted_model_and_records_why():
     probs, labels = _overconfident(3000, 0.4, seed=2)
     cal = fit_calibrator(probs, labels, method="auto", groups=np.arange(3000) // 2)
-    assert cal.method in ("temperature", "isotonic")
+    assert cal.method in ("temperature", "vector", "isotonic")
     nlls = cal.selection["nll"]
     assert nlls[cal.method] < nlls["none"]
 
@@ -65,9 +66,43 @@ def test_auto_prefers_calibrating_a_distorted_model_and_records_why():
 def test_auto_keeps_a_calibrated_model_close_to_identity():
     probs, labels = _overconfident(3000, 1.0, seed=3)
     cal = fit_calibrator(probs, labels, method="auto")
-    assert cal.method in ("none", "temperature")
-    if cal.method == "temperature":
+    assert cal.method in ("none", "temperature", "vector")
+    if cal.method != "none":
         assert cal.temperature == pytest.approx(1.0, abs=0.1)
+    if cal.method == "vector":
+        assert np.ptp(cal.bias) < 0.2
+
+
+def _prior_shifted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reported softmax(z / 0.6); labels from softmax(z + shift): over-confident, and the
+    classes' priors moved (as between out-of-fold single models and the served mean)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, (n, 4))
+    shift = np.array([0.8, 0.0, -0.5, -0.3])
+    true_p = softmax(z + shift, axis=1)
+    labels = (rng.random(n)[:, None] > np.cumsum(true_p, axis=1)).sum(axis=1)
+    return softmax(z / 0.6, axis=1), labels, shift
+
+
+def test_vector_scaling_recovers_temperature_and_class_shift_and_round_trips():
+    probs, labels, shift = _prior_shifted(20000, seed=4)
+    cal = fit_vector(probs, labels)
+    assert cal.method == "vector" and cal.temperature == pytest.approx(1 / 0.6, rel=0.08)
+    b = np.asarray(cal.bias)
+    np.testing.assert_allclose(b - b.mean(), shift - shift.mean(), atol=0.08)
+    temp = fit_temperature(probs, labels)
+    assert (expected_calibration_error(cal.transform(probs), labels)
+            < expected_calibration_error(temp.transform(probs), labels))
+    again = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.transform(probs), cal.transform(probs))
+    np.testing.assert_allclose(cal.transform(probs).sum(axis=1), 1.0)
+
+
+def test_auto_chooses_vector_scaling_when_the_priors_moved():
+    probs, labels, _ = _prior_shifted(4000, seed=5)
+    cal = fit_calibrator(probs, labels, method="auto", groups=np.arange(4000) // 3)
+    assert cal.method == "vector", cal.selection
+    assert cal.selection["nll"]["vector"] < cal.selection["nll"]["temperature"]
 
 
 def test_unknown_method_is_a_config_error():

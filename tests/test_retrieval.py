@@ -134,6 +134,25 @@ def test_a_training_image_finds_itself_and_neighbours_are_distinct_lesions(index
     assert pred.predict(str(path)).similar == ()  # only when asked
 
 
+def test_embedding_is_the_plain_views_with_or_without_tta(indexed, trained) -> None:
+    """The index is built from one view per image; a TTA-served query embeds the same way."""
+    from skin_core.predict import Predictor
+
+    bundle, _, _ = indexed
+    paths = [str(p) for p in
+             sorted((trained["demo"] / "ISIC_2019_Training_Input").glob("*.jpg"))[:6]]
+    feats = {}
+    for tta in (False, True):
+        pred = Predictor(bundle, device="cpu", tta=tta)
+        (fb,) = list(pred.forward_batches(paths, batch_size=8, features=True))
+        feats[tta] = fb.features
+        hit = pred.predict(paths[2], similar=1).similar[0]
+        assert hit["image_id"] == Path(paths[2]).stem
+        assert hit["similarity"] == pytest.approx(1.0, abs=2e-3)
+    for plain, flipped in zip(feats[False], feats[True], strict=True):
+        np.testing.assert_allclose(flipped, plain, rtol=1e-4, atol=1e-5)
+
+
 def test_non_lesion_images_are_flagged_and_referred_and_held_out_lesions_pass(indexed) -> None:
     from skin_core.predict import OOD_WARNING, Predictor
 

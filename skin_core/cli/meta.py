@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--class-conditional", action="store_true",
                    help="one conformal threshold per class (coverage within every class)")
     p.add_argument("--calibration", default="auto",
-                   choices=("auto", "none", "temperature", "isotonic"),
+                   choices=("auto", "none", "temperature", "vector", "isotonic"),
                    help="calibration method (auto: chosen on the inner split)")
     p.add_argument("--referral-sensitivity", type=float, default=0.8,
                    help="sensitivity for wrong-by-all images that the refer threshold targets")

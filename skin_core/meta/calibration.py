@@ -1,8 +1,14 @@
-"""Probability calibration: temperature scaling and one-vs-rest isotonic regression.
+"""Probability calibration: temperature and vector scaling, one-vs-rest isotonic regression.
 
 * **Temperature scaling** (Guo et al., ICML 2017): ``p_T = softmax(log p / T)`` with the single
   ``T > 0`` minimising the negative log-likelihood (``scipy.optimize.minimize_scalar`` over
   ``log T``). Keeps the ranking of classes.
+* **Vector scaling** (the same paper's per-class variant, restricted to one temperature):
+  ``softmax(log p / T + b)`` with a bias ``b_k`` per class (a small ridge keeps ``b`` finite
+  for rare classes), fitted by NLL with L-BFGS. It also corrects a shift of the class
+  priors between the rows a model was fitted on and the pipeline that serves it (the
+  meta-classifier learns on single fold models' out-of-fold outputs and serves on the mean
+  of all fold models), which one temperature cannot. It may change the top class.
 * **Isotonic** (Zadrozny & Elkan, KDD 2002): one monotone map per class, fitted one-vs-rest
   with :class:`sklearn.isotonic.IsotonicRegression`, then rows renormalised to sum to one.
 
@@ -27,7 +33,8 @@ from scipy.special import log_softmax, softmax
 from skin_core.errors import ConfigError
 
 EPS = 1e-7
-METHODS = ("none", "temperature", "isotonic")
+METHODS = ("none", "temperature", "vector", "isotonic")
+VECTOR_RIDGE = 1e-3  # penalty on sum(b_k^2), next to the mean NLL
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,9 @@ class Calibrator:
     method:
         ``"none"``, ``"temperature"`` or ``"isotonic"``.
     temperature:
-        ``T`` for temperature scaling (1.0 otherwise).
+        ``T`` for temperature and vector scaling (1.0 otherwise).
+    bias:
+        Per class ``b_k`` for vector scaling (empty otherwise).
     isotonic:
         Per class ``(x_thresholds, y_thresholds)`` for isotonic (empty otherwise).
     selection:
@@ -49,6 +58,7 @@ class Calibrator:
     method: str = "none"
     temperature: float = 1.0
     isotonic: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = ()
+    bias: tuple[float, ...] = ()
     selection: dict[str, Any] = field(default_factory=dict)
 
     def transform(self, probs: np.ndarray) -> np.ndarray:
@@ -58,6 +68,9 @@ class Calibrator:
             return probs
         if self.method == "temperature":
             return softmax(np.log(np.clip(probs, EPS, 1.0)) / self.temperature, axis=1)
+        if self.method == "vector":
+            return softmax(np.log(np.clip(probs, EPS, 1.0)) / self.temperature
+                           + np.asarray(self.bias, dtype=float), axis=1)
         if self.method == "isotonic":
             out = np.column_stack([
                 np.interp(probs[:, k], np.asarray(x), np.asarray(y))
@@ -76,6 +89,7 @@ class Calibrator:
             "method": self.method,
             "temperature": float(self.temperature),
             "isotonic": [[list(x), list(y)] for x, y in self.isotonic],
+            "bias": [float(v) for v in self.bias],
             "selection": self.selection,
         }
 
@@ -87,6 +101,7 @@ class Calibrator:
             temperature=float(d.get("temperature", 1.0)),
             isotonic=tuple((tuple(map(float, x)), tuple(map(float, y)))
                            for x, y in d.get("isotonic", [])),
+            bias=tuple(float(v) for v in d.get("bias", [])),
             selection=dict(d.get("selection", {})),
         )
 
@@ -110,6 +125,33 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> Calibrator:
     return Calibrator(method="temperature", temperature=float(np.exp(res.x)))
 
 
+def fit_vector(probs: np.ndarray, labels: np.ndarray) -> Calibrator:
+    """Vector scaling: one temperature and a bias per class, by NLL (+ a small ridge on the
+    biases) with L-BFGS; ``log T`` bounded to ``[-3, 3]`` like :func:`fit_temperature`."""
+    from scipy.optimize import minimize
+
+    logp = np.log(np.clip(np.asarray(probs, dtype=float), EPS, 1.0))
+    labels = np.asarray(labels, dtype=int)
+    n, k = logp.shape
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), labels] = 1.0
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        t = np.exp(w[0])
+        z = logp / t + w[1:]
+        ls = log_softmax(z, axis=1)
+        resid = (np.exp(ls) - onehot) / n  # d(mean NLL)/dz
+        grad_b = resid.sum(axis=0) + 2 * VECTOR_RIDGE * w[1:]
+        grad_logt = float(-(resid * logp).sum() / t)
+        value = float(-(ls * onehot).sum() / n + VECTOR_RIDGE * (w[1:] ** 2).sum())
+        return value, np.concatenate([[grad_logt], grad_b])
+
+    bounds = [(-3.0, 3.0)] + [(None, None)] * k
+    res = minimize(loss, np.zeros(k + 1), jac=True, method="L-BFGS-B", bounds=bounds)
+    return Calibrator(method="vector", temperature=float(np.exp(res.x[0])),
+                      bias=tuple(float(v) for v in res.x[1:]))
+
+
 def fit_isotonic(probs: np.ndarray, labels: np.ndarray) -> Calibrator:
     """One-vs-rest isotonic maps (clipped outside the fitted range)."""
     from sklearn.isotonic import IsotonicRegression
@@ -129,6 +171,8 @@ def _fit(method: str, probs: np.ndarray, labels: np.ndarray) -> Calibrator:
         return Calibrator()
     if method == "temperature":
         return fit_temperature(probs, labels)
+    if method == "vector":
+        return fit_vector(probs, labels)
     if method == "isotonic":
         return fit_isotonic(probs, labels)
     raise ConfigError(
@@ -155,7 +199,7 @@ def fit_calibrator(
         ``(N,)`` integer labels.
     method:
         ``"auto"`` (choose by 2-fold group-wise cross-fitted NLL), ``"none"``,
-        ``"temperature"`` or ``"isotonic"``.
+        ``"temperature"``, ``"vector"`` or ``"isotonic"``.
     groups:
         Lesion ids, so that the two halves of ``"auto"`` share no lesion.
     seed:
@@ -190,6 +234,7 @@ def fit_calibrator(
         method=cal.method,
         temperature=cal.temperature,
         isotonic=cal.isotonic,
+        bias=cal.bias,
         selection={"criterion": "2-fold grouped cross-fitted NLL", "nll": scores,
                    "n": int(len(labels))},
     )

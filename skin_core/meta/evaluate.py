@@ -245,7 +245,8 @@ def evaluate_meta(
     coverage, class_conditional:
         Target coverage of conformal sets and whether thresholds are per class.
     calibration:
-        ``"auto"`` (chosen on the inner split), ``"none"``, ``"temperature"``, ``"isotonic"``.
+        ``"auto"`` (chosen on the inner split), ``"none"``, ``"temperature"``, ``"vector"``,
+        ``"isotonic"``.
     referral_sensitivity:
         Sensitivity for wrong-by-all images that the ``refer`` threshold targets.
     param_grid:

@@ -186,8 +186,9 @@ class Predictor(BatchInputs, Assembly):
         given, holds the batch's float network inputs per input key (see
         :meth:`_input_buffers`, filled by the decoding threads); otherwise they are made here
         from the items' crops. ``features``, when given, receives every member's ``(B, F)``
-        pre-logits features (member order; averaged over the flips with TTA), from the same
-        forward pass as its logits.
+        pre-logits features (member order), from the same forward pass as its logits; with
+        TTA those of the plain view only, so an image's embedding does not depend on TTA and
+        the retrieval index can be built with one view per image (a quarter of the cost).
         """
         import torch
 
@@ -239,7 +240,7 @@ class Predictor(BatchInputs, Assembly):
                 p = p.reshape(4, b, -1).mean(axis=0)
             if pre is not None:
                 f = pre.float().cpu().numpy()
-                features.append(f.reshape(4, b, -1).mean(axis=0) if tta else f)
+                features.append(f[:b] if tta else f)
             if folds is not None:
                 folds[(spec.model, spec.fold)] = p
             sums[spec.model] = sums.get(spec.model, 0.0) + p
