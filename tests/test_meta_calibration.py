@@ -1,4 +1,5 @@
-"""Tests of skin_core.meta.calibration: temperature, vector, isotonic, selection, ECE, JSON."""
+"""Tests of skin_core.meta.calibration: temperature, vector, top-label and one-vs-rest isotonic,
+selection, ECE, JSON."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from skin_core.meta.calibration import (
     fit_calibrator,
     fit_isotonic,
     fit_temperature,
+    fit_top_isotonic,
     fit_vector,
     reliability_curve,
 )
@@ -58,19 +60,19 @@ def test_isotonic_json_round_trip_matches_scikit_learn():
 def test_auto_prefers_calibrating_a_distorted_model_and_records_why():
     probs, labels = _overconfident(3000, 0.4, seed=2)
     cal = fit_calibrator(probs, labels, method="auto", groups=np.arange(3000) // 2)
-    assert cal.method in ("temperature", "vector", "isotonic")
-    nlls = cal.selection["nll"]
-    assert nlls[cal.method] < nlls["none"]
+    assert cal.method in ("temperature", "top_isotonic")
+    eces, nlls = cal.selection["ece"], cal.selection["nll"]
+    assert eces[cal.method] < eces["none"] / 2 and nlls["temperature"] < nlls["none"]
 
 
 def test_auto_keeps_a_calibrated_model_close_to_identity():
     probs, labels = _overconfident(3000, 1.0, seed=3)
     cal = fit_calibrator(probs, labels, method="auto")
-    assert cal.method in ("none", "temperature", "vector")
+    out = cal.transform(probs)
     if cal.method != "none":
         assert cal.temperature == pytest.approx(1.0, abs=0.1)
-    if cal.method == "vector":
-        assert np.ptp(cal.bias) < 0.2
+    assert np.abs(out.max(axis=1) - probs.max(axis=1)).mean() < 0.03
+    assert (out.argmax(axis=1) == probs.argmax(axis=1)).all()
 
 
 def _prior_shifted(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,11 +100,52 @@ def test_vector_scaling_recovers_temperature_and_class_shift_and_round_trips():
     np.testing.assert_allclose(cal.transform(probs).sum(axis=1), 1.0)
 
 
-def test_auto_chooses_vector_scaling_when_the_priors_moved():
+def test_auto_never_moves_the_diagnosis_even_when_vector_scaling_fits_better():
+    """Vector scaling wins the NLL when the priors moved, but it changes top classes (towards
+    the frequent ones), so auto keeps to the maps that leave every top class in place."""
     probs, labels, _ = _prior_shifted(4000, seed=5)
     cal = fit_calibrator(probs, labels, method="auto", groups=np.arange(4000) // 3)
-    assert cal.method == "vector", cal.selection
-    assert cal.selection["nll"]["vector"] < cal.selection["nll"]["temperature"]
+    assert cal.method in ("none", "temperature", "top_isotonic"), cal.selection
+    assert (cal.transform(probs).argmax(axis=1) == probs.argmax(axis=1)).all()
+    vector = fit_vector(probs, labels).transform(probs)
+    assert (vector.argmax(axis=1) != probs.argmax(axis=1)).mean() > 0.05
+
+
+def _bent(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right about as often at 0.45 as at 0.9 confidence: no single temperature fits."""
+    rng = np.random.default_rng(seed)
+    conf = rng.uniform(0.3, 0.99, n)
+    probs = np.empty((n, 4))
+    probs[:, 0] = conf
+    probs[:, 1:] = ((1 - conf) / 3)[:, None]
+    probs[:, 1] += 1e-3
+    probs[:, 1:] /= probs[:, 1:].sum(axis=1, keepdims=True) / (1 - conf)[:, None]
+    right = rng.random(n) < np.where(conf < 0.6, 0.7, 0.75)
+    labels = np.where(right, 0, rng.integers(1, 4, n))
+    return probs, labels
+
+
+def test_top_isotonic_fits_a_bent_confidence_keeps_the_top_class_and_round_trips():
+    probs, labels = _bent(6000, seed=6)
+    cal = fit_calibrator(probs, labels, method="auto", groups=np.arange(6000) // 2)
+    assert cal.method == "top_isotonic", cal.selection
+    out = cal.transform(probs)
+    assert expected_calibration_error(out, labels) < 0.03
+    assert expected_calibration_error(fit_temperature(probs, labels).transform(probs),
+                                      labels) > 0.06
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert (out.argmax(axis=1) == 0).all()  # the top class, strictly on top
+    again = Calibrator.from_dict(json.loads(json.dumps(cal.to_dict())))
+    np.testing.assert_allclose(again.transform(probs), out)
+
+
+def test_top_isotonic_keeps_ties_and_one_hot_rows_sensible():
+    cal = fit_top_isotonic(*_bent(2000, seed=7))
+    rows = np.array([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    out = cal.transform(rows)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0)
+    assert out[0].argmax() == 0 and out[0, 0] > out[0, 1]
+    assert out[1, 0] >= out[1, 1:].max() and np.ptp(out[1, 1:]) < 1e-12
 
 
 def test_unknown_method_is_a_config_error():

@@ -432,6 +432,19 @@ def test_iter_predict_keeps_order_and_matches_single_predictions(trained, predic
     assert results[7].meta_probs == pytest.approx(single.meta_probs, abs=1e-6)
 
 
+def test_batch_work_on_the_cpu_tunes_the_allocator_and_single_images_do_not(
+        trained, predictor, monkeypatch) -> None:
+    from skin_core.models import device
+
+    calls: list[int] = []
+    monkeypatch.setattr(device, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    predictor.predict(demo_images(trained, 1)[0])
+    assert calls == []
+    list(predictor.iter_predict(demo_images(trained, 3), batch_size=2))
+    list(predictor.forward_batches(demo_images(trained, 3), batch_size=2))
+    assert calls == [1, 1]
+
+
 def test_streamed_batches_equal_in_memory_batches_with_tta_and_heatmap(trained, predictor):
     """The streaming path (inputs written by the decoding threads) gives exactly the numbers
     of predict_batch (inputs stacked and converted in the caller) for the same batch."""

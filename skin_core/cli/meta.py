@@ -53,8 +53,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--class-conditional", action="store_true",
                    help="one conformal threshold per class (coverage within every class)")
     p.add_argument("--calibration", default="auto",
-                   choices=("auto", "none", "temperature", "vector", "isotonic"),
-                   help="calibration method (auto: chosen on the inner split)")
+                   choices=("auto", "none", "temperature", "top_isotonic", "vector",
+                            "isotonic"),
+                   help="calibration method (auto: among the maps that keep the top class, "
+                        "the lowest cross-fitted ECE on the inner split)")
     p.add_argument("--referral-sensitivity", type=float, default=0.8,
                    help="sensitivity for wrong-by-all images that the refer threshold targets")
     p.add_argument("--quality", default=None, metavar="quality.csv",

@@ -245,8 +245,8 @@ def evaluate_meta(
     coverage, class_conditional:
         Target coverage of conformal sets and whether thresholds are per class.
     calibration:
-        ``"auto"`` (chosen on the inner split), ``"none"``, ``"temperature"``, ``"vector"``,
-        ``"isotonic"``.
+        ``"auto"`` (chosen on the inner split), or one of
+        :data:`skin_core.meta.calibration.METHODS`.
     referral_sensitivity:
         Sensitivity for wrong-by-all images that the ``refer`` threshold targets.
     param_grid:
