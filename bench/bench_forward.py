@@ -1,4 +1,4 @@
-"""The served pipeline's batch forward pass on the CPU: glibc's default allocator against the tuned one.
+"""Batch forward passes of the served pipeline on the CPU: glibc's default allocator vs tuned.
 
 ``Predictor.forward_batches`` (what ``skin-core index``, ``calibrate`` and ``evaluate`` run
 over thousands of images) and ``iter_predict`` tune the process's allocator on the CPU

@@ -10,8 +10,8 @@ probabilities and pre-logits features), then
    et al. (Br J Dermatol 2019) did: for the images of fold ``k``, the embedding of fold ``k``'s
    models only (which never trained on them), the projection fitted on the other folds'
    images, and the :data:`~skin_core.retrieval.K_VOTE` nearest of those (one per lesion) vote;
-   the softmax of the same fold models (on the same single view) is the comparison. Both balanced accuracies are
-   recorded in ``retrieval/index.json`` (``oof``) and returned.
+   the softmax of the same fold models (on the same single view) is the comparison. Both
+   balanced accuracies are recorded in ``retrieval/index.json`` (``oof``) and returned.
 """
 
 from __future__ import annotations
