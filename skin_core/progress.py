@@ -173,6 +173,8 @@ class _Follower:
         self.before = self.offset  # events written before we started: replayed, not said
         self.partial = b""
         self.progress: TrainingProgress | None = None
+        self.plan: tuple[list[str], int, int] | None = None
+        self.history: list[dict[str, Any]] = []  # every event counted so far
         self.stop = threading.Event()
         self.lock = threading.Lock()  # the final poll may overlap a late background one
 
@@ -188,18 +190,24 @@ class _Follower:
         with contextlib.suppress(Exception):
             self.poll()
 
+    def _start(self, plan: tuple[list[str], int, int]) -> None:
+        """Count against ``plan``, the events so far as done (replayed, not said)."""
+        models, folds, epochs = plan
+        self.plan = plan
+        self.progress = TrainingProgress(models, folds=folds, epochs=epochs, say=self.say,
+                                         is_finished=self._finished)
+        self.progress.replay(self.history)
+
     def _poll(self) -> None:
         if self.progress is None:
             plan = _run_plan(self.run_dir)
             if plan is None:
                 return  # the run has not written its config yet; events wait
-            models, folds, epochs = plan
-            self.progress = TrainingProgress(models, folds=folds, epochs=epochs, say=self.say,
-                                             is_finished=self._finished)
             if self.before:
                 with open(self.path, "rb") as fh:
                     old = fh.read(self.before)
-                self.progress.replay(_parse(old.splitlines()))
+                self.history = _parse(old.splitlines())
+            self._start(plan)
         try:
             size = self.path.stat().st_size
         except OSError:
@@ -215,6 +223,15 @@ class _Follower:
         lines = (self.partial + chunk).split(b"\n")
         self.partial = lines.pop()  # an incomplete last line waits for the next poll
         for ev in _parse(lines):
+            if ev.get("event") == "run_start":
+                # A resumed run that adds architectures has rewritten config.yaml (before
+                # this event): count against its plan, or a run of 1 member that grows to 2
+                # would read 100 % from its first new epoch.
+                plan = _run_plan(self.run_dir)
+                if plan is not None and plan != self.plan:
+                    self._start(plan)
+            self.history.append(ev)
+            assert self.progress is not None
             self.progress(ev)
 
     def loop(self) -> None:

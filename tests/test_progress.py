@@ -100,6 +100,29 @@ def test_follow_training_tails_new_events_only(tmp_path):
     assert "50%" in lines[0] and "75%" in lines[1] and lines[2].startswith("train finished in")
 
 
+def test_a_resumed_run_that_adds_an_architecture_counts_against_the_new_plan(tmp_path):
+    """Member m finished in an earlier process (2 folds x 2 epochs); the resumed run adds n
+    and rewrites config.yaml before its run_start event: the first new epoch is 5 of 8, not
+    100 % of the old plan."""
+    run = tmp_path / "run"
+    _write_run(run, [_ev("m", f, e) for f in range(2) for e in range(2)])
+    lines: list[str] = []
+
+    def resume():
+        time.sleep(0.1)  # the follower has read the old config.yaml by now
+        _write_run(run, [], models=["m", "n"])
+        with open(run / "events.jsonl", "a") as fh:
+            fh.write(json.dumps({"event": "run_start", "resume": True}) + "\n")
+            fh.write(json.dumps(_ev("n", 0, 0)) + "\n")
+
+    with follow_training(run, say=lines.append, interval=0.02):
+        t = threading.Thread(target=resume)
+        t.start()
+        t.join()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("train n fold 1/2 epoch 1/2 · ") and "62%" in lines[0]
+
+
 def test_follow_training_waits_for_the_run_config_and_never_raises(tmp_path):
     run = tmp_path / "run"
     lines: list[str] = []
