@@ -59,7 +59,7 @@ class Calibrator:
     Attributes
     ----------
     method:
-        ``"none"``, ``"temperature"`` or ``"isotonic"``.
+        One of :data:`METHODS`.
     temperature:
         ``T`` for temperature, vector scaling and top_isotonic (1.0 otherwise).
     bias:
@@ -68,7 +68,8 @@ class Calibrator:
         Per class ``(x_thresholds, y_thresholds)`` for isotonic; for top_isotonic one pair,
         the map of the top class's probability (empty otherwise).
     selection:
-        How the method was chosen (cross-fitted NLL per candidate), informational.
+        How ``"auto"`` chose the method (cross-fitted ECE and NLL per candidate),
+        informational.
     """
 
     method: str = "none"
