@@ -179,20 +179,18 @@ def _top_label(probs: np.ndarray, curve: tuple[tuple[float, ...], tuple[float, .
     ``p2 / (1 - c0 + p2)`` (``p2`` the runner-up), where the rescaled runner-up equals it, so
     the top class stays on top (and strictly, so ``argmax`` gives it)."""
     out = np.array(probs, dtype=float, copy=True)
-    if len(out) == 0:
+    if len(out) == 0 or out.shape[1] < 2:
         return out
     rows = np.arange(len(out))
     top = out.argmax(axis=1)
-    two = np.sort(out, axis=1)[:, -2:] if out.shape[1] > 1 else np.c_[np.zeros(len(out)),
-                                                                         out[:, 0]]
-    c0, p2 = two[:, 1], two[:, 0]
+    p2, c0 = np.sort(out, axis=1)[:, -2:].T
     c1 = np.interp(c0, np.asarray(curve[0]), np.asarray(curve[1]))
     # a hair above the tie, so that argmax (which takes the first of equals) keeps the top
     c1 = np.clip(np.maximum(c1, p2 / np.maximum(1.0 - c0 + p2, EPS) + 1e-9), 0.0, 1.0)
     rest = 1.0 - c0
     spread = rest <= EPS  # a one-hot row: the others share the rest evenly
     out *= np.where(spread, 0.0, (1.0 - c1) / np.maximum(rest, EPS))[:, None]
-    if spread.any() and out.shape[1] > 1:
+    if spread.any():
         out[spread] = ((1.0 - c1[spread]) / (out.shape[1] - 1))[:, None]
     out[rows, top] = c1
     return out
