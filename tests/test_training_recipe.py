@@ -171,3 +171,28 @@ def test_the_cpu_recipe_runs_unchanged_on_the_demo_in_isic2019_layout(tmp_path: 
     oof = pd.read_csv(res.oof_path)
     assert len(oof) == 240 * len(cfg.archs) and oof["label"].nunique() == 8  # per member
     assert all(0 <= res.metrics[a]["balanced_accuracy"] <= 1 for a in cfg.archs)
+
+
+def test_feature_reader_reads_what_a_memmap_holds_without_mapping_it(tmp_path: Path) -> None:
+    from skin_core.errors import SkinCoreError
+    from skin_core.training.frozen import FeatureCache
+
+    shape = (3, 10, 2, 4, 5)
+    data = np.random.default_rng(0).normal(size=shape).astype(np.float16)
+    path = tmp_path / "feat.f16"
+    data.tofile(path)
+    reader = FeatureCache(str(path), shape).open()
+    rows = np.array([7, 0, 3, 3, 9])
+    views = np.array([2, 0, 1, 2, 0])
+    np.testing.assert_array_equal(reader[views, rows], data[views, rows])
+    np.testing.assert_array_equal(reader[0, rows], data[0, rows])
+    assert reader[0, np.array([], dtype=int)].shape == (0, 2, 4, 5)
+    with pytest.raises(IndexError, match="outside the activation file"):
+        reader[3, rows]
+    maps = Path("/proc/self/maps")
+    if maps.is_file():  # read, not mapped: its pages never count in the resident set
+        assert str(path) not in maps.read_text()
+    reader.close()
+    data[:, :9].tofile(path)  # a file cut short
+    with pytest.raises(SkinCoreError, match="shorter than.*delete it"):
+        FeatureCache(str(path), shape).open()[2, np.array([9])]

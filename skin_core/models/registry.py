@@ -216,6 +216,8 @@ def create_model(
     pretrained: str | os.PathLike[str] = "none",
     input_size: int | None = None,
     min_match: float = 0.9,
+    drop_rate: float = 0.0,
+    drop_path_rate: float = 0.0,
 ) -> Any:
     """Build the timm network ``arch`` with a ``num_classes`` head.
 
@@ -233,6 +235,10 @@ def create_model(
     min_match:
         Fraction of the backbone's tensors (all but the classifier head) a weights file must
         provide.
+    drop_rate, drop_path_rate:
+        Training-time dropout before the classifier and stochastic depth (timm's options;
+        passed only when > 0). Neither changes the weights' names, so a member trained with
+        them is served by a network built without.
 
     Returns
     -------
@@ -251,6 +257,10 @@ def create_model(
         raise ConfigError(f"num_classes must be at least 2; got {num_classes}.")
     source = resolve_pretrained(pretrained)
     kwargs: dict[str, Any] = {"num_classes": int(num_classes)}
+    if drop_rate > 0:
+        kwargs["drop_rate"] = float(drop_rate)
+    if drop_path_rate > 0:
+        kwargs["drop_path_rate"] = float(drop_path_rate)
     cfg = timm.get_pretrained_cfg(arch)
     if input_size is not None and cfg is not None and getattr(cfg, "fixed_input_size", False):
         kwargs["img_size"] = int(input_size)

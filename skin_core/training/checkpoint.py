@@ -148,11 +148,14 @@ def save_checkpoint(
     generator: Any,
     best_state: dict[str, Any] | None,
     state: dict[str, Any],
+    extra_tensors: dict[str, Any] | None = None,
 ) -> None:
     """Save a resumable training state into ``ckpt_dir`` (``last.safetensors`` + ``last.json``).
 
     ``state`` holds JSON-able bookkeeping (epoch, step, best score, classes...). The best
-    epoch's weights go to ``best.safetensors`` when ``best_state`` is given.
+    epoch's weights go to ``best.safetensors`` when ``best_state`` is given; ``extra_tensors``
+    (e.g. the averaged weights ``ema.*``) are saved beside the model's and come back from
+    :func:`load_checkpoint` under their own names.
     """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +164,7 @@ def save_checkpoint(
     tensors.update(opt_tensors)
     rng_tensors, rng_js = rng_snapshot(generator)
     tensors.update(rng_tensors)
+    tensors.update(extra_tensors or {})
     best_file = state.get("best_file")
     if best_state is not None:
         best_file = f"best_e{int(state['best_epoch'])}.safetensors"

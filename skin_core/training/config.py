@@ -43,6 +43,10 @@ class TrainConfig:
     loss_weighting: ``"inverse_frequency"`` (weighted CE, as in the study),
         ``"logit_adjusted"`` (plain CE on logits plus the log class prior, so the network's
         logits learn the class-balanced posterior; Menon et al. 2021) or ``"none"``.
+    sampling: how an epoch draws its images: ``"uniform"`` (each once), ``"balanced"`` (classes
+        equally likely) or ``"sqrt"`` (classes ~ sqrt of their size), the last two with
+        replacement; the loss weighting then corrects the stream's class mix
+        (:mod:`skin_core.training.losses`).
     epoch_selection: which epoch's weights become the member and give the out-of-fold
         predictions: ``"last"`` (default) the last epoch of the fixed schedule; ``"inner"`` the
         epoch with the best balanced accuracy on the fold's **inner split**, a lesion-grouped,
@@ -69,6 +73,13 @@ class TrainConfig:
         train only the rest (EfficientNet-family networks; 0 = train everything).
     freeze_views: with ``freeze``, versions of each image whose activations are cached: the
         image itself and ``freeze_views - 1`` random augmentations (each epoch reads one).
+    mixup: Beta parameter of mixup on each training batch (0 = off); with ``freeze`` the blend
+        is of the cached activations (manifold mixup; :mod:`skin_core.training.regularise`).
+    cutmix: Beta parameter of CutMix (0 = off); with ``mixup`` too, one of the two per batch.
+    ema: decay of an exponential moving average of the weights, which then becomes the member
+        (0 = off; e.g. 0.998 averages over ~500 steps; :mod:`skin_core.training.regularise`).
+    drop_rate: dropout before the classifier (timm ``drop_rate``; 0 = off).
+    drop_path_rate: stochastic depth of the residual blocks (timm ``drop_path_rate``; 0 = off).
     tta: out-of-fold predictions average the identity and the three flips, and the bundle
         tells the served pipeline to do the same (so both see the same model).
     resize: image cache resize mode (``"center"`` or ``"stretch"``).
@@ -91,6 +102,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     loss_weighting: str = "inverse_frequency"
+    sampling: str = "uniform"
     epoch_selection: str = "last"
     inner_fraction: float = 0.1
     patience: int = 0
@@ -105,6 +117,11 @@ class TrainConfig:
     augment: bool = True
     freeze: int = 0
     freeze_views: int = 8
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema: float = 0.0
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
     tta: bool = False
     resize: str = "center"
     cache_dir: str | None = None
@@ -197,6 +214,8 @@ def validate_config(c: TrainConfig) -> None:
         _fail("label_smoothing", "a number in [0, 1)", c.label_smoothing)
     if c.loss_weighting not in LOSS_WEIGHTINGS:
         _fail("loss_weighting", f"one of {LOSS_WEIGHTINGS}", c.loss_weighting)
+    if c.sampling not in ("uniform", "balanced", "sqrt"):
+        _fail("sampling", "one of ('uniform', 'balanced', 'sqrt')", c.sampling)
     if c.epoch_selection not in EPOCH_SELECTIONS:
         _fail("epoch_selection", f"one of {EPOCH_SELECTIONS}", c.epoch_selection)
     if (isinstance(c.inner_fraction, bool) or not isinstance(c.inner_fraction, (int, float))
@@ -221,6 +240,16 @@ def validate_config(c: TrainConfig) -> None:
     if (isinstance(c.freeze_views, bool) or not isinstance(c.freeze_views, int)
             or c.freeze_views < 1):
         _fail("freeze_views", "an integer >= 1", c.freeze_views)
+    for name in ("mixup", "cutmix"):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 10:
+            _fail(name, "a number in [0, 10] (the Beta parameter; 0 = off)", v)
+    for name in ("drop_rate", "drop_path_rate"):
+        v = getattr(c, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            _fail(name, "a number in [0, 1)", v)
+    if isinstance(c.ema, bool) or not isinstance(c.ema, (int, float)) or not 0 <= c.ema < 1:
+        _fail("ema", "a number in [0, 1) (the averaging decay per step; 0 = off)", c.ema)
     if not isinstance(c.tta, bool):
         _fail("tta", "true or false", c.tta)
     if c.resize not in ("center", "stretch"):

@@ -48,6 +48,13 @@ from skin_core.constants import prob_columns
 from skin_core.errors import ConfigError, SkinCoreError
 from skin_core.models.device import resolve_device, tune_cpu_allocator
 from skin_core.training.config import TrainConfig
+from skin_core.training.losses import (  # noqa: F401 - class_weights: re-exported
+    class_weights,
+    epoch_order,
+    logit_adjustment,
+    make_loss,
+)
+from skin_core.training.regularise import WeightAverage, mix_batch, mixed_loss
 
 CANCEL_FILE = "cancel"
 
@@ -124,21 +131,6 @@ def lr_at(step: int, *, total: int, warmup: int, peak: float) -> float:
         return peak * (step + 1) / warmup
     t = (step - warmup) / max(1, total - warmup)
     return peak * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def class_weights(labels: np.ndarray, k: int) -> np.ndarray:
-    """Inverse-frequency weights ``N / (K * n_k)`` (0 for classes absent from ``labels``)."""
-    counts = np.bincount(labels, minlength=k).astype(float)
-    present = counts > 0
-    w = np.zeros(k)
-    w[present] = len(labels) / (present.sum() * counts[present])
-    return w
-
-
-def logit_adjustment(labels: np.ndarray, k: int) -> np.ndarray:
-    """``log`` of the class prior of ``labels`` (a class absent gets the log of half an image)."""
-    counts = np.bincount(labels, minlength=k).astype(float)
-    return np.log(np.maximum(counts, 0.5) / max(len(labels), 1))
 
 
 def append_event(run_dir: str | os.PathLike[str], event: dict[str, Any]) -> None:
@@ -296,7 +288,8 @@ def _train_fold(
     gen = torch.Generator().manual_seed(seed)
 
     model = create_model(job.arch, num_classes=k, pretrained=cfg.pretrained,
-                         input_size=cfg.img_size)
+                         input_size=cfg.img_size, drop_rate=cfg.drop_rate,
+                         drop_path_rate=cfg.drop_path_rate)
     # how the served pipeline must feed this member: the cache's resize mode and the TTA its
     # out-of-fold predictions used
     pre = dataclasses.replace(preprocess_config(job.arch, cfg.img_size), crop=cfg.resize,
@@ -306,7 +299,7 @@ def _train_fold(
         model.to(memory_format=torch.channels_last)
     cache = np.memmap(job.cache_path, dtype=np.uint8, mode="r", shape=tuple(job.cache_shape))
     frozen: list[Any] = []
-    feats: np.ndarray | None = None
+    feats: Any = None  # frozen.FeatureReader
     if cfg.freeze:
         from skin_core.training import frozen as fz
 
@@ -319,6 +312,8 @@ def _train_fold(
             device=device, channels_last=cfg.channels_last).open()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
+    ema = WeightAverage(model, cfg.ema) if cfg.ema else None
+    member = ema.model if ema is not None else model  # scored, predicted and saved
     use_amp = bool(cfg.amp and device == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -335,19 +330,8 @@ def _train_fold(
             "jobs with skin_core.training.run.build_jobs or use epoch_selection: last."
         )
     n = len(train_rows)
-    weights = (class_weights(train_labels, k) if cfg.loss_weighting == "inverse_frequency"
-               else np.ones(k))
-    ce = torch.nn.CrossEntropyLoss(
-        weight=torch.tensor(weights, dtype=torch.float32, device=device),
-        label_smoothing=cfg.label_smoothing)
-    # logit_adjusted (Menon et al., ICLR 2021): the loss sees logits + log(class prior), so the
-    # network's own logits learn the class-balanced posterior: served as they are, no change at
-    # prediction time
-    log_prior = torch.tensor(logit_adjustment(train_labels, k), dtype=torch.float32,
-                             device=device) if cfg.loss_weighting == "logit_adjusted" else None
-
-    def loss_fn(out: Any, y: Any) -> Any:
-        return ce(out if log_prior is None else out + log_prior, y)
+    loss_fn = make_loss(train_labels, k, weighting=cfg.loss_weighting, sampling=cfg.sampling,
+                        label_smoothing=cfg.label_smoothing, device=device)
     eval_loss = torch.nn.CrossEntropyLoss()
     steps_per_epoch = len(_batches(n, cfg.batch_size, np.arange(n)))
     total_steps = steps_per_epoch * cfg.epochs
@@ -378,6 +362,8 @@ def _train_fold(
                     f"{state.get('arch')!r}, not {job.arch!r}; start a new run directory."
                 )
             ck.restore_training(tensors, state, model=model, optimizer=opt, generator=gen)
+            if ema is not None:
+                ema.restore(tensors)
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, step = int(state["epoch"]) + 1, int(state["step"])
@@ -399,7 +385,7 @@ def _train_fold(
                 fz.set_train_mode(model, frozen)
             else:
                 model.train()
-            order = torch.randperm(n, generator=gen).numpy()
+            order = epoch_order(train_labels, k, cfg.sampling, gen)
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
             for batch in _batches(n, cfg.batch_size, order):
@@ -419,17 +405,21 @@ def _train_fold(
                     x, y = load_batch(cache, train_rows[batch], train_labels[batch],
                                       device=device, mean=pre.mean, std=pre.std, generator=gen,
                                       augment=cfg.augment, channels_last=cfg.channels_last)
+                x, y, y2, lam = mix_batch(x, y, mixup=cfg.mixup, cutmix=cfg.cutmix,
+                                          generator=gen)
                 lr = lr_at(step, total=total_steps, warmup=warmup, peak=cfg.lr)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 with torch.autocast("cuda", enabled=use_amp):
                     out = (model(x) if feats is None
                            else fz.forward_suffix(model, x, cfg.freeze))
-                    loss = loss_fn(out, y)
+                    loss = mixed_loss(loss_fn, out, y, y2, lam)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
+                if ema is not None:
+                    ema.update(model, step)
                 loss_sum += float(loss.detach()) * len(batch)
                 seen += len(batch)
                 step += 1
@@ -437,7 +427,7 @@ def _train_fold(
             train_time = time.perf_counter() - t0
             # the learning curve (one pass, no TTA; from the cached activations with freeze)
             score_rows = functools.partial(
-                _score_rows, model, cache, feats, device=device, pre=pre, batch_size=eval_bs,
+                _score_rows, member, cache, feats, device=device, pre=pre, batch_size=eval_bs,
                 amp=use_amp, channels_last=cfg.channels_last, freeze=cfg.freeze)
             probs, logits = score_rows(val_rows)
             last_probs = probs
@@ -460,7 +450,7 @@ def _train_fold(
                     best_score, best_epoch, since_best = (
                         inner["inner_balanced_accuracy"], epoch, 0)
                     best_state = {key: v.detach().to("cpu").clone()
-                                  for key, v in model.state_dict().items()}
+                                  for key, v in member.state_dict().items()}
                 else:
                     since_best += 1
             else:
@@ -488,6 +478,7 @@ def _train_fold(
                     "scaler": scaler.state_dict() if use_amp else None,
                     "best_file": _best_file(ckpt_dir),
                 },
+                extra_tensors=ema.tensors() if ema is not None else None,
             )
             append_event(run_dir, event)
             bar.set_postfix(epoch=epoch, img_s=f"{event['images_per_s']:.0f}",
@@ -506,7 +497,8 @@ def _train_fold(
         model.load_state_dict(best_state)
         member_state = best_state
         probs = None
-    else:  # the weights now in the model are the last epoch's
+    else:  # the weights now in the member are the last epoch's (or their average)
+        model = member
         member_state = model.state_dict()
         # predicted right after that epoch, in this process, as served (whole network from
         # the image cache, no TTA); else predicted again below as served
@@ -549,7 +541,7 @@ def _train_fold(
     return sidecar
 
 
-def _score_rows(model: Any, cache: np.ndarray, feats: np.ndarray | None, rows: np.ndarray, *,
+def _score_rows(model: Any, cache: np.ndarray, feats: Any, rows: np.ndarray, *,
                 device: str, pre: Any, batch_size: int, amp: bool, channels_last: bool,
                 freeze: int) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and logits for scoring an epoch: the whole network on the image cache, or
@@ -557,25 +549,10 @@ def _score_rows(model: Any, cache: np.ndarray, feats: np.ndarray | None, rows: n
     if feats is None:
         return predict_rows(model, cache, rows, device=device, mean=pre.mean, std=pre.std,
                             batch_size=batch_size, amp=amp, channels_last=channels_last)
-    import torch
+    from skin_core.training.frozen import score_features
 
-    from skin_core.training.frozen import forward_suffix
-
-    model.eval()
-    probs, logits_all = [], []
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    with torch.inference_mode():
-        for i in range(0, len(rows), batch_size):
-            r = rows[i:i + batch_size]
-            x = torch.from_numpy(np.ascontiguousarray(feats[0, r])).float().to(device)
-            with torch.autocast("cuda", enabled=amp and device == "cuda"):
-                out = forward_suffix(model, x.contiguous(memory_format=fmt), freeze).float()
-            logits_all.append(out.cpu().numpy())
-            probs.append(torch.softmax(out, dim=1).cpu().numpy())
-    if not probs:
-        k = int(getattr(model, "num_classes", 0))
-        return np.zeros((0, k)), np.zeros((0, k))
-    return np.concatenate(probs).astype(np.float64), np.concatenate(logits_all)
+    return score_features(model, feats, rows, freeze, device=device, batch_size=batch_size,
+                          amp=amp, channels_last=channels_last)
 
 
 def _best_file(ckpt_dir: Path) -> str | None:
