@@ -23,8 +23,11 @@ steps rotate in order (forward on even rounds, reversed on odd ones):
   floor above, repeated here so its ratio to the frozen floor is paired);
 - **frozen floor**: the trainable top only (``forward_suffix`` + loss + backward + AdamW over
   the trainable parameters; frozen stages in eval mode) on an in-memory activation batch;
-- **frozen cached**: :func:`skin_core.training.frozen.load_feature_batch` from the memmap +
-  the same step (the trainer's path with ``freeze: N``).
+- **frozen cached**: :func:`skin_core.training.frozen.load_feature_batch` reading the rows
+  from the activation file (:class:`~skin_core.training.frozen.FeatureReader`), with
+  ``--mixup A`` / ``--cutmix A`` then blended as the trainer blends them
+  (:func:`~skin_core.training.regularise.mix_batch`), + the same step (the trainer's path with
+  ``freeze: N``); the frozen floor never mixes.
 
 Reported: frozen cached / frozen floor and frozen floor / full floor (the speed-up of
 freezing), each the median of per-round ratios.
@@ -222,6 +225,7 @@ def bench_frozen(arch: str, cache, labels: np.ndarray,  # noqa: ANN001 - ImageCa
     from skin_core.models.registry import create_model, preprocess_config
     from skin_core.training import frozen as fz
     from skin_core.training.engine import load_batch
+    from skin_core.training.regularise import mix_batch, mixed_loss
 
     n, views = args.freeze, 2
     cl = not args.no_channels_last
@@ -257,8 +261,9 @@ def bench_frozen(arch: str, cache, labels: np.ndarray,  # noqa: ANN001 - ImageCa
         loss.backward()
         full_opt.step()
 
-    def frozen_step(x, y):  # noqa: ANN001, ANN202
-        loss = loss_fn(fz.forward_suffix(model, x, n), y)
+    def frozen_step(x, y, y2=None, lam=1.0):  # noqa: ANN001, ANN202
+        loss = mixed_loss(loss_fn, fz.forward_suffix(model, x, n), y, y if y2 is None else y2,
+                          lam)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -286,8 +291,9 @@ def bench_frozen(arch: str, cache, labels: np.ndarray,  # noqa: ANN001 - ImageCa
         t = time.perf_counter()
         x, y = fz.load_feature_batch(feats, rows, labels[rows], generator=gen, augment=True,
                                      device="cpu", channels_last=cl)
+        x, y, y2, lam = mix_batch(x, y, mixup=args.mixup, cutmix=args.cutmix, generator=gen)
         t_load = time.perf_counter() - t
-        frozen_step(x, y)
+        frozen_step(x, y, y2, lam)
         return time.perf_counter() - t, t_load
 
     # Rounds of three, order reversed every other round; ratios are taken within a round.
@@ -304,7 +310,8 @@ def bench_frozen(arch: str, cache, labels: np.ndarray,  # noqa: ANN001 - ImageCa
     full_f, f, c = (statistics.median(times[k]) for k in ("full", "floor", "cached"))
     ld = statistics.median(load_t)
     out = {
-        "freeze": n, "views": views, "feature_shape": list(fc.shape[2:]),
+        "freeze": n, "views": views, "mixup": args.mixup, "cutmix": args.cutmix,
+        "feature_shape": list(fc.shape[2:]),
         "feature_cache_mb": int(np.prod(fc.shape)) * 2 / 1e6,
         "feature_cache_build_s": build_s, "feature_cache_img_s": args.n * views / build_s,
         "trainable_params": sum(p.numel() for p in trainable),
@@ -354,7 +361,8 @@ def print_tables(results: dict) -> None:
               f"{r['decode_img_s']:.1f} | {r['cached_epoch_speedup_vs_decode']:.2f}x |")
     if not args["freeze"]:
         return
-    print(f"\nfrozen stem + {args['freeze']} stages (activations: float16 memmap, 2 views)\n")
+    print(f"\nfrozen stem + {args['freeze']} stages (activations: float16 file read row by row, "
+          "2 views)\n")
     print("| arch | full floor img/s | frozen floor img/s | frozen / full floor (paired) | "
           "frozen cached img/s | load ms/img | cached / floor (paired) | cached / floor "
           "(from parts) | trainable params | activations C x H x W | feature cache MB | "
@@ -462,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--freeze", type=int, default=0, metavar="N",
                     help="also bench training with the stem + first N stages frozen "
                          "(EfficientNet-family archs only; 0: off)")
+    ap.add_argument("--mixup", type=float, default=0.0,
+                    help="with --freeze: mixup Beta parameter in the frozen cached path")
+    ap.add_argument("--cutmix", type=float, default=0.0,
+                    help="with --freeze: CutMix Beta parameter in the frozen cached path")
     ap.add_argument("--allocator", choices=["tuned", "system"], default="tuned",
                     help="tuned: skin_core.models.device.tune_cpu_allocator() first, as the "
                          "trainer; system: glibc defaults")

@@ -8,7 +8,7 @@ ImageNet filters (edges, colour, texture) that fine-tuning barely changes. With
 
 - the stem and the first ``N`` stages keep their pretrained weights (batch norm frozen too);
 - their output for every image of the cache is computed **once per run and architecture**
-  and stored as a ``float16`` memmap, for ``views`` versions of each image: version 0 is the
+  and stored as a ``float16`` file, for ``views`` versions of each image: version 0 is the
   image itself (used to score the fold after each epoch), versions 1.. are random augmentations
   (:func:`~skin_core.training.augment.augment_batch`: rotations, flips, crops, colour) drawn
   from a fixed seed, so a resumed or repeated run reads the same file;
@@ -136,7 +136,9 @@ class FeatureReader:
     Not a memmap on purpose: a mapped file counts in the process's resident memory as soon as
     it has been read once (the whole file after one epoch: 2.0-2.5 GB for the laptop recipe's
     members), whereas rows read with ``readinto`` pass through the kernel's page cache, which
-    the system gives back to whoever needs it. Reading 48 rows of 25-32 KB is ~0.1 ms.
+    the system gives back to whoever needs it. A batch of 48 random rows of 25-32 KB takes
+    0.19 ms from the page cache (the memmap 0.07 ms; a training step ~180 ms) and ~11 ms
+    from a cold file.
     """
 
     def __init__(self, path: str, shape: tuple[int, ...]) -> None:
@@ -226,8 +228,9 @@ def build_feature_cache(model: Any, n: int, *, image_cache: np.ndarray, image_ca
     shape = (int(views), rows, *(int(s) for s in probe.shape[1:]))
     tmp = out / f".feat-{key}.{os.getpid()}.tmp"
     try:
-        mm = np.memmap(tmp, dtype=np.float16, mode="w+", shape=shape)
-        with torch.inference_mode():
+        # written in file order (view, then row) through a plain file, not a writable
+        # memmap, whose dirty pages would count in the resident memory (the whole file)
+        with open(tmp, "wb") as fh, torch.inference_mode():
             for v in range(views):
                 for i in range(0, rows, batch_size):
                     x = torch.from_numpy(
@@ -235,9 +238,9 @@ def build_feature_cache(model: Any, n: int, *, image_cache: np.ndarray, image_ca
                     x = (to_float(x, mean, std) if v == 0 else
                          augment_batch(x, mean=mean, std=std, generator=gen))
                     f = forward_prefix(model, x.contiguous(memory_format=fmt), n)
-                    mm[v, i:i + len(x)] = f.half().cpu().contiguous().numpy()
-        mm.flush()
-        del mm
+                    fh.write(f.half().cpu().contiguous().numpy().tobytes())
+        if tmp.stat().st_size != int(np.prod(shape)) * 2:  # pragma: no cover - a bug guard
+            raise SkinCoreError(f"The activation file {tmp} came out with the wrong size.")
         os.replace(tmp, path)
         meta.write_text(json.dumps({"shape": list(shape), "arch": arch, "freeze": n,
                                     "views": views, "seed": seed, "size": size}))
