@@ -125,6 +125,19 @@ def _crash_after(n: int):
     return hook
 
 
+def assert_resume_is_exact(table, tmp_path: Path, cfg: TrainConfig) -> pd.DataFrame:
+    """Train ``cfg`` whole, then crash it in fold 1 epoch 1 and resume: the OOF tables must
+    agree. Returns the uninterrupted run's OOF table."""
+    full = train_run(table, out=tmp_path / "full", config=cfg)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_run(table, out=tmp_path / "cut", config=cfg, batch_hook=_crash_after(9 + 4))
+    res = train_run(table, out=tmp_path / "cut", config=cfg, resume=True)
+    a, b = pd.read_csv(full.oof_path), pd.read_csv(res.oof_path)
+    cols = prob_columns(table.classes)
+    np.testing.assert_allclose(a[cols], b[cols], atol=1e-5)
+    return a
+
+
 @pytest.mark.parametrize("selection", ["last", "inner"])
 def test_kill_and_resume_equals_uninterrupted_run(tiny, tmp_path: Path, selection) -> None:
     # inner: a quarter of the training lesions (one 2-image lesion per class and fold)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_training import _crash_after, make_tiny_dataset, tiny_config
+from test_training import assert_resume_is_exact, make_tiny_dataset, tiny_config
 from test_training_realdata import _recipe, _weights
 
 from skin_core.constants import prob_columns
@@ -120,12 +120,7 @@ def test_frozen_kill_and_resume_equals_uninterrupted_run(
         tiny, tmp_path: Path, start_weights: Path) -> None:
     cfg = tiny_config(tmp_path, archs=("test_efficientnet",), epochs=3, freeze=1,
                       freeze_views=3, tta=True, pretrained=str(start_weights))
-    full = train_run(tiny, out=tmp_path / "full", config=cfg)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(tiny, out=tmp_path / "cut", config=cfg, batch_hook=_crash_after(9 + 4))
-    res = train_run(tiny, out=tmp_path / "cut", config=cfg, resume=True)
-    a, b = pd.read_csv(full.oof_path), pd.read_csv(res.oof_path)
-    np.testing.assert_allclose(a[prob_columns("ABC")], b[prob_columns("ABC")], atol=1e-5)
+    assert_resume_is_exact(tiny, tmp_path, cfg)
 
 
 def test_cpu_allocator_is_tuned_once() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_training import _crash_after, make_tiny_dataset, tiny_config
+from test_training import assert_resume_is_exact, make_tiny_dataset, tiny_config
 from test_training_recipe import start_weights  # noqa: F401 - fixture
 
 from skin_core.constants import prob_columns
@@ -117,21 +117,15 @@ def test_dropout_and_drop_path_change_training_not_the_served_weights() -> None:
     assert set(reg.state_dict()) == set(plain.state_dict())  # served by a plain network
 
 
-def test_frozen_mixed_run_resumes_exactly_and_is_served_as_trained(
+def test_frozen_mixed_run_resumes_exactly_and_differs_from_the_plain_run(
         tiny, tmp_path: Path, start_weights: Path) -> None:  # noqa: F811 - fixture
     """Manifold mixup + CutMix on cached activations, dropout, stochastic depth, weight
-    averaging: a run killed
-    mid-fold and resumed equals the uninterrupted one, and its out-of-fold
-    probabilities are not those of the same run without them."""
+    averaging: a run killed mid-fold and resumed equals the uninterrupted one, and its
+    out-of-fold probabilities are not those of the same run without them."""
     cfg = tiny_config(tmp_path, archs=("test_efficientnet",), epochs=3, freeze=1,
                       freeze_views=3, mixup=0.4, cutmix=1.0, drop_rate=0.2,
                       drop_path_rate=0.1, ema=0.9, pretrained=str(start_weights))
-    full = train_run(tiny, out=tmp_path / "full", config=cfg)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(tiny, out=tmp_path / "cut", config=cfg, batch_hook=_crash_after(9 + 4))
-    res = train_run(tiny, out=tmp_path / "cut", config=cfg, resume=True)
-    a, b = pd.read_csv(full.oof_path), pd.read_csv(res.oof_path)
-    np.testing.assert_allclose(a[prob_columns("ABC")], b[prob_columns("ABC")], atol=1e-5)
+    a = assert_resume_is_exact(tiny, tmp_path, cfg)
     # not the unmixed run: the options reach the training loop
     plain = train_run(tiny, out=tmp_path / "plain", config=cfg.replace(
         mixup=0.0, cutmix=0.0, drop_rate=0.0, drop_path_rate=0.0, ema=0.0))
@@ -199,10 +193,4 @@ def test_sampling_streams_and_the_loss_corrections_that_follow_them() -> None:
 
 
 def test_balanced_sampling_trains_and_resumes_exactly(tiny, tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, epochs=3, sampling="balanced")
-    full = train_run(tiny, out=tmp_path / "full", config=cfg)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train_run(tiny, out=tmp_path / "cut", config=cfg, batch_hook=_crash_after(9 + 4))
-    res = train_run(tiny, out=tmp_path / "cut", config=cfg, resume=True)
-    a, b = pd.read_csv(full.oof_path), pd.read_csv(res.oof_path)
-    np.testing.assert_allclose(a[prob_columns("ABC")], b[prob_columns("ABC")], atol=1e-5)
+    assert_resume_is_exact(tiny, tmp_path, tiny_config(tmp_path, epochs=3, sampling="balanced"))
