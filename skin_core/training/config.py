@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from skin_core.errors import ConfigError
+from skin_core.training.losses import SAMPLINGS
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 BACKENDS: tuple[str, ...] = ("local", "ray")
@@ -214,8 +215,8 @@ def validate_config(c: TrainConfig) -> None:
         _fail("label_smoothing", "a number in [0, 1)", c.label_smoothing)
     if c.loss_weighting not in LOSS_WEIGHTINGS:
         _fail("loss_weighting", f"one of {LOSS_WEIGHTINGS}", c.loss_weighting)
-    if c.sampling not in ("uniform", "balanced", "sqrt"):
-        _fail("sampling", "one of ('uniform', 'balanced', 'sqrt')", c.sampling)
+    if c.sampling not in SAMPLINGS:
+        _fail("sampling", f"one of {SAMPLINGS}", c.sampling)
     if c.epoch_selection not in EPOCH_SELECTIONS:
         _fail("epoch_selection", f"one of {EPOCH_SELECTIONS}", c.epoch_selection)
     if (isinstance(c.inner_fraction, bool) or not isinstance(c.inner_fraction, (int, float))
